@@ -1,0 +1,55 @@
+"""Shared test fixtures: paths to ../shared, oracle checkpoints rebuilt in the official format."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TORCHDETR_SHARED", ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference"
+ORACLE = REFERENCE / "oracle"
+DATA = SHARED / "data"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def require(path: Path) -> Path:
+    """Skip the calling test when a file of ../shared is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is absent)")
+    return path
+
+
+def _decode(entry: dict) -> torch.Tensor:
+    if "q" in entry:
+        return entry["q"].to(torch.float32) * entry["scale"]
+    return entry["raw"]
+
+
+_BACKBONES: dict[str, dict] = {}
+
+
+def rebuild_oracle_checkpoint(name: str, out_dir: Path) -> tuple[Path, dict]:
+    """Rebuild ``{"model", "args"}`` of an oracle fixture, save it as .pth; return (path, fixture)."""
+    fixture = torch.load(require(ORACLE / f"{name}.pt"), weights_only=True)
+    backbone_file = fixture["backbone_file"]
+    if backbone_file not in _BACKBONES:
+        _BACKBONES[backbone_file] = torch.load(ORACLE / backbone_file, weights_only=True)
+    entries = {k: _decode(v) for k, v in fixture["weights"].items()}
+    prefix = fixture["backbone_prefix"]
+    for k, v in _BACKBONES[backbone_file].items():
+        entries[prefix + k] = _decode(v) if isinstance(v, dict) else v
+    state = {k: entries[k] for k in fixture["state_dict_keys"]}
+    path = out_dir / f"{name}.pth"
+    torch.save({"model": state, "args": argparse.Namespace(**fixture["args"])}, path)
+    return path, fixture
+
+
+@pytest.fixture(scope="session")
+def oracle_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("oracle")

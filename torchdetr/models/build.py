@@ -1,0 +1,89 @@
+"""Build model, criterion and post-processors from a ``DETRConfig``, as the original ``build(args)``."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from ..config import DETRConfig
+from .backbone import build_backbone
+from .criterion import SetCriterion, default_weight_dict
+from .detr import DETR
+from .matcher import build_matcher
+from .postprocess import PostProcess, PostProcessPanoptic, PostProcessSegm
+from .segmentation import DETRsegm
+from .transformer import build_transformer
+
+log = logging.getLogger(__name__)
+
+COCO_THING_MAX_ID = 90  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
+
+
+def coco_panoptic_is_thing_map(num_classes: int) -> dict[int, bool]:
+    """``{id: id <= 90}`` over all class ids 0..num_classes-1."""
+    return {i: i <= COCO_THING_MAX_ID for i in range(num_classes)}
+
+
+def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
+    """The model alone (random weights; no download ever happens here)."""
+    norm = cfg.resolved_backbone_norm
+    backbone = build_backbone(
+        backbone=cfg.backbone,
+        lr_backbone=cfg.lr_backbone,
+        masks=cfg.masks,
+        dilation=cfg.dilation,
+        hidden_dim=cfg.hidden_dim,
+        position_embedding=cfg.position_embedding,
+        norm=norm,
+        train_all_layers=norm != "frozen",
+    )
+    transformer = build_transformer(
+        hidden_dim=cfg.hidden_dim,
+        dropout=cfg.dropout,
+        nheads=cfg.nheads,
+        dim_feedforward=cfg.dim_feedforward,
+        enc_layers=cfg.enc_layers,
+        dec_layers=cfg.dec_layers,
+        pre_norm=cfg.pre_norm,
+    )
+    model: DETR | DETRsegm = DETR(backbone, transformer, num_classes=cfg.num_classes,
+                                  num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    if cfg.masks:
+        model = DETRsegm(model, freeze_detr=cfg.frozen_weights is not None)
+    return model
+
+
+def build_criterion(cfg: DETRConfig) -> SetCriterion:
+    """The set criterion with ``main.py``'s weighting."""
+    matcher = build_matcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+    weight_dict = default_weight_dict(
+        bbox_loss_coef=cfg.bbox_loss_coef,
+        giou_loss_coef=cfg.giou_loss_coef,
+        mask_loss_coef=cfg.mask_loss_coef,
+        dice_loss_coef=cfg.dice_loss_coef,
+        masks=cfg.masks,
+        aux_loss=cfg.aux_loss,
+        dec_layers=cfg.dec_layers,
+    )
+    losses = ["labels", "boxes", "cardinality"] + (["masks"] if cfg.masks else [])
+    return SetCriterion(cfg.num_classes, matcher=matcher, weight_dict=weight_dict,
+                        eos_coef=cfg.eos_coef, losses=losses)
+
+
+def build_postprocessors(cfg: DETRConfig, panoptic_threshold: float = 0.85) -> dict[str, nn.Module]:
+    """``{"bbox"}`` plus ``"segm"`` and ``"panoptic"`` for mask models."""
+    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess()}
+    if cfg.masks:
+        postprocessors["segm"] = PostProcessSegm()
+        if cfg.dataset_file == "coco_panoptic" or cfg.num_classes > COCO_THING_MAX_ID + 1:
+            postprocessors["panoptic"] = PostProcessPanoptic(
+                coco_panoptic_is_thing_map(cfg.num_classes), threshold=panoptic_threshold
+            )
+    return postprocessors
+
+
+def build_model(cfg: DETRConfig | None = None) -> tuple[DETR | DETRsegm, SetCriterion, dict[str, nn.Module]]:
+    """``(model, criterion, postprocessors)`` exactly as the original ``models.build(args)``."""
+    cfg = cfg or DETRConfig()
+    return build_detector(cfg), build_criterion(cfg), build_postprocessors(cfg)

@@ -1,0 +1,86 @@
+"""The DETR detector: backbone → 1x1 projection → transformer → class head and box MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.batching import NestedTensor, as_nested_tensor
+from .backbone import Joiner
+from .transformer import Transformer
+
+Outputs = dict[str, Tensor | list[dict[str, Tensor]]]
+
+
+class MLP(nn.Module):
+    """A plain multi-layer perceptron with ReLU between layers (the box head uses 3 layers)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        hidden = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim, *hidden], [*hidden, output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return x
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer.
+
+    ``forward(samples)`` takes a NestedTensor (images [B, 3, H, W] + mask [B, H, W], True = padding),
+    a list of [3, H_i, W_i] images, or a [B, 3, H, W] tensor, and returns a dict with
+
+    - ``pred_logits`` [B, Q, K+1]: class logits, the last class is "no object";
+    - ``pred_boxes`` [B, Q, 4]: (cx, cy, w, h) in [0, 1], relative to each unpadded image;
+    - ``aux_outputs`` (when ``aux_loss``): the same two entries for every decoder layer but the last.
+    """
+
+    def __init__(
+        self,
+        backbone: Joiner,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int,
+        aux_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_queries = num_queries
+        self.transformer = transformer
+        hidden_dim = transformer.d_model
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.input_proj = nn.Conv2d(backbone.num_channels, hidden_dim, kernel_size=1)
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+
+    @property
+    def num_classes(self) -> int:
+        """K: the class head has K+1 outputs."""
+        return self.class_embed.out_features - 1
+
+    def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
+        samples = as_nested_tensor(samples)
+        features, pos = self.backbone(samples)
+        src, mask = features[-1].decompose()
+        hs = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1])[0]
+        return self.predict_from_decoder(hs)
+
+    def predict_from_decoder(self, hs: Tensor) -> Outputs:
+        """Decoder states [L, B, Q, C] → the output dict (heads shared by all layers)."""
+        outputs_class = self.class_embed(hs)
+        outputs_coord = self.bbox_embed(hs).sigmoid()
+        out: Outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = aux_outputs(outputs_class, outputs_coord)
+        return out
+
+
+def aux_outputs(outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]]:
+    """Per-layer dicts for every decoder layer but the last: [L, B, Q, *] → L-1 dicts."""
+    return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
