@@ -1,0 +1,143 @@
+"""Build a ready-to-run model from an official name or a checkpoint file (ours or the original's).
+
+The architecture comes from the checkpoint's ``args`` (training options) when present, and is
+otherwise inferred from the state dict's keys and shapes; what could not be inferred (number of
+heads, DC5 dilation) falls back to the original defaults with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .categories import COCO_CATEGORIES
+from .checkpoint import checkpoint_args, infer_num_classes, load_checkpoint, load_model_state
+from .config import DETRConfig
+from .hub import OFFICIAL_MODELS
+from .models.build import build_detector
+
+log = logging.getLogger(__name__)
+
+# Options of DETRConfig that decide the architecture (the rest are training/data options).
+ARCHITECTURE_FIELDS = (
+    "backbone", "dilation", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
+    "dropout", "nheads", "num_queries", "pre_norm", "masks", "aux_loss", "num_classes", "backbone_norm",
+    "backbone_weights",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with what is needed to use it."""
+
+    model: nn.Module
+    config: DETRConfig
+    category_names: dict[int, str] = field(default_factory=dict)
+    source: str = ""
+
+
+def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Architecture options readable from a DETR state dict (see module docstring for the limits)."""
+    masks = any(k.startswith("detr.") for k in state_dict)
+    prefix = "detr." if masks else ""
+
+    def get(key: str) -> Tensor:
+        try:
+            return state_dict[prefix + key]
+        except KeyError:
+            raise ValueError(f"not a DETR state dict: no '{prefix + key}' entry") from None
+
+    body = prefix + "backbone.0.body."
+    bottleneck = f"{body}layer1.0.conv3.weight" in state_dict
+    layer3_blocks = len({m.group(1) for k in state_dict if (m := re.match(re.escape(body) + r"layer3\.(\d+)\.", k))})
+    resnet = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101"}.get(
+        (bottleneck, layer3_blocks)
+    )
+    if resnet is None:
+        raise ValueError(f"unrecognised backbone: layer3 has {layer3_blocks} blocks (bottleneck={bottleneck})")
+
+    def count_layers(part: str) -> int:
+        pattern = re.compile(re.escape(f"{prefix}transformer.{part}.layers.") + r"(\d+)\.")
+        return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+    enc_layers = count_layers("encoder")
+    query = get("query_embed.weight")
+    if f"{body}bn1.running_mean" not in state_dict:
+        norm = "group"
+    elif f"{body}bn1.num_batches_tracked" in state_dict:
+        norm = "batch"
+    else:
+        norm = "frozen"
+    return {
+        "backbone": resnet,
+        "masks": masks,
+        "hidden_dim": int(query.shape[1]),
+        "num_queries": int(query.shape[0]),
+        "num_classes": infer_num_classes(state_dict),
+        "enc_layers": enc_layers,
+        "dec_layers": count_layers("decoder"),
+        "dim_feedforward": int(get("transformer.decoder.layers.0.linear1.weight").shape[0]),
+        "pre_norm": f"{prefix}transformer.encoder.norm.weight" in state_dict,
+        "position_embedding": "learned" if f"{prefix}backbone.1.row_embed.weight" in state_dict else "sine",
+        "backbone_norm": norm,
+    }
+
+
+def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> DETRConfig:
+    """A ``DETRConfig`` for the model stored in ``checkpoint`` (args first, state dict shapes second)."""
+    state = checkpoint["model"]
+    inferred = infer_architecture(state)
+    args = checkpoint_args(checkpoint)
+    known = set(DETRConfig.__dataclass_fields__)
+    values = {k: v for k, v in args.items() if k in known}
+    values.pop("device", None)
+    missing_facts = [k for k in ("nheads", "dilation") if k not in values]
+    for key, value in inferred.items():
+        if key in values and values[key] != value and key not in ("backbone_norm",):
+            log.warning("%s: args say %s=%r but the weights imply %r; using the weights", source, key, values[key], value)
+        values[key] = value
+    if missing_facts:
+        log.warning("%s has no training args: assuming %s as in the original (not readable from weights)",
+                    source, ", ".join(f"{k}={getattr(DETRConfig(), k)!r}" for k in missing_facts))
+    values["backbone_weights"] = "none" if values.get("backbone_norm") != "frozen" else "imagenet"
+    return DETRConfig(**values)
+
+
+def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int, str]:
+    names = checkpoint.get("categories")
+    if isinstance(names, Mapping) and names:
+        return {int(k): str(v) for k, v in names.items()}
+    if num_classes in (91, 250):
+        return dict(COCO_CATEGORIES)
+    return {}
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode."""
+    source = str(name_or_path)
+    if source in OFFICIAL_MODELS:
+        spec = OFFICIAL_MODELS[source]
+        cfg = spec.config()
+        model = build_detector(cfg)
+        checkpoint = load_checkpoint(spec.url)
+        load_model_state(model, checkpoint["model"], source=spec.url)
+        names = dict(spec.categories)
+    else:
+        if not source.startswith(("http://", "https://")) and not Path(source).exists():
+            raise FileNotFoundError(
+                f"--model: {source!r} is neither an official model name ({', '.join(OFFICIAL_MODELS)}) nor a file"
+            )
+        checkpoint = load_checkpoint(source)
+        cfg = config_from_checkpoint(checkpoint, source)
+        model = build_detector(cfg)
+        load_model_state(model, checkpoint["model"], source=source)
+        names = _category_names(checkpoint, cfg.num_classes)
+    model.to(device).eval()
+    return LoadedModel(model=model, config=cfg, category_names=names, source=source)
