@@ -63,8 +63,8 @@ class DETRConfig:
     aux_loss: bool = _opt(
         True, "auxiliary decoding losses at every decoder layer (--no_aux_loss disables)", "model"
     )
-    num_classes: int = _opt(
-        91, "class-head size K (max category id + 1); inferred from the data when not given", "model"
+    num_classes: int | None = _opt(
+        91, "class-head size K = max category id + 1 (detr train: inferred from the data when not given)", "model"
     )
 
     # --- matcher (original main.py) ---
@@ -117,6 +117,10 @@ class DETRConfig:
         "", "checkpoint (path/URL/official name) whose weights start the training (fine-tuning)", "run"
     )
     amp: str = _opt("none", "mixed precision: none, bf16 or fp16", "run", choices=("none", "bf16", "fp16"))
+    eval_every: int = _opt(1, "evaluate every N epochs (and after the last one)", "run")
+    time_budget: float = _opt(0.0, "stop training after this many minutes (0 = no limit), then evaluate", "run")
+    skip_data_check: bool = _opt(False, "do not check the dataset for problems before training", "run")
+    print_freq: int = _opt(50, "log a progress line every N iterations when not on a terminal", "run")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +173,11 @@ class DETRConfig:
             raise ValueError(f"--hidden_dim must be even for 2-D position encodings, got {self.hidden_dim}")
         if self.num_classes is not None and self.num_classes <= 0:
             raise ValueError(f"--num_classes must be positive, got {self.num_classes}")
+        if self.masks and (self.hidden_dim % 128 or (self.hidden_dim + self.nheads) % 8):
+            raise ValueError(
+                f"--masks needs --hidden_dim divisible by 128 and hidden_dim + nheads divisible by 8 (the mask head's "
+                f"GroupNorm(8) layers), got hidden_dim {self.hidden_dim}, nheads {self.nheads}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -1,0 +1,65 @@
+"""``detr eval``: COCO AP of a model on a dataset, or of a detections file against its ground truth."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import add_config_arguments, config_from_args
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model (COCO AP, per-class AP) or a detections file",
+        description="Two modes. (1) --ann GT.json --results DETS.json: evaluate a COCO results file, no model. "
+        "(2) --model NAME_OR_CKPT (or --resume CKPT) with --coco_path DIR / --dataset_file: run the model on the "
+        "validation split and evaluate it; the architecture is read from the checkpoint.",
+    )
+    p.add_argument("--ann", help="ground-truth COCO annotation file (mode 1)")
+    p.add_argument("--results", help="detections in COCO results format (mode 1)")
+    p.add_argument("--iou_type", default="bbox", choices=("bbox", "segm"), help="mode 1: what to evaluate")
+    p.add_argument("--model", help="official model name or checkpoint path/URL (mode 2)")
+    p.add_argument("--config", help="YAML/JSON file of options")
+    add_config_arguments(p, exclude=("eval",))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ann or args.results:
+        if not (args.ann and args.results):
+            raise ValueError("--ann and --results go together (evaluate a detections file against its ground truth)")
+        return _evaluate_file(args)
+    return _evaluate_model(args)
+
+
+def _evaluate_file(args: argparse.Namespace) -> int:
+    from ..engine.coco_eval import evaluate_results_file, format_per_class_table, format_stats_table
+
+    report = evaluate_results_file(Path(args.ann), Path(args.results), iou_type=args.iou_type)
+    print(f"{report.num_detections} detections on {report.num_images} images")
+    print(format_stats_table(report.stats, title=args.iou_type))
+    print(format_per_class_table(report.per_class))
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..engine.train import train
+    from ..hub import OFFICIAL_MODELS
+    from ..model_loading import ARCHITECTURE_FIELDS, config_from_checkpoint
+
+    source = args.model or args.resume
+    if not source:
+        raise ValueError("give --model NAME_OR_CKPT (or --resume CKPT), or --ann with --results")
+    if source in OFFICIAL_MODELS:
+        model_cfg = OFFICIAL_MODELS[source].config()
+        source = OFFICIAL_MODELS[source].url
+    else:
+        model_cfg = config_from_checkpoint(load_checkpoint(source), source)
+    cfg = config_from_args(args)
+    arch = {k: getattr(model_cfg, k) for k in ARCHITECTURE_FIELDS}
+    arch["backbone_weights"] = "none"  # the checkpoint provides every weight
+    cfg = cfg.replace(**arch, eval=True, resume=source, pretrained="", output_dir=cfg.output_dir)
+    train(cfg)
+    return 0

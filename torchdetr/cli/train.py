@@ -1,0 +1,47 @@
+"""``detr train``: the original ``main.py`` command line (same flag names and defaults) plus torchdetr's options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..config import DETRConfig, add_config_arguments, config_from_args, read_config_file
+
+log = logging.getLogger("torchdetr.train")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train (or evaluate with --eval) a DETR model",
+        description="Train DETR. Accepts the original main.py flags (--coco_path, --batch_size, --epochs, --lr_drop, "
+        "--resume, --eval, ...) and a --config YAML/JSON file of the same names. --num_classes defaults to the "
+        "annotation file's max category id + 1.",
+    )
+    p.add_argument("--config", help="YAML/JSON file of options (flags given on the command line win)")
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def config_for_training(args: argparse.Namespace) -> DETRConfig:
+    """The run's config; ``num_classes`` is ``None`` (inferred from the data) unless the user gave it."""
+    cfg = config_from_args(args)
+    given = args.num_classes is not None or (args.config and "num_classes" in read_config_file(args.config))
+    if not given:
+        cfg = cfg.replace(num_classes=None)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.train import TrainingDiverged, train
+
+    cfg = config_for_training(args)
+    try:
+        result = train(cfg)
+    except TrainingDiverged as err:
+        print(f"detr train: {err}", file=sys.stderr)
+        return 1
+    if result.output_dir is not None and not cfg.eval:
+        print(f"checkpoint and logs written to {result.output_dir}")
+    return 0
