@@ -122,6 +122,25 @@ class DETRConfig:
     skip_data_check: bool = _opt(False, "do not check the dataset for problems before training", "run")
     print_freq: int = _opt(50, "log a progress line every N iterations when not on a terminal", "run")
 
+    # --- training techniques for fast convergence (opt-in; defaults = the original) ---
+    cls_loss: str = _opt(
+        "ce", "classification loss: ce (softmax + eos_coef, the original) or focal (sigmoid focal loss)", "techniques",
+        choices=("ce", "focal"),
+    )
+    focal_alpha: float = _opt(0.25, "alpha of the focal loss and focal matching cost", "techniques")
+    num_groups: int = _opt(1, "query groups trained with their own one-to-one matching (Group DETR; 1 = off)",
+                           "techniques")
+    dn_groups: int = _opt(0, "noised copies of the ground truth fed as denoising queries (DN-DETR; 0 = off)",
+                          "techniques")
+    dn_box_noise: float = _opt(0.4, "denoising: box jitter, as a fraction of the box size", "techniques")
+    dn_label_noise: float = _opt(0.2, "denoising: probability of flipping a query's label", "techniques")
+    lr_schedule: str = _opt("step", "learning-rate schedule: step (÷10 at --lr_drop) or cosine", "techniques",
+                            choices=("step", "cosine"))
+    warmup_iters: int = _opt(0, "linear learning-rate warm-up iterations (0 = none)", "techniques")
+    min_lr_ratio: float = _opt(0.01, "cosine schedule: final LR as a fraction of the initial LR", "techniques")
+    ema: bool = _opt(False, "keep an exponential moving average of the weights; evaluate and save it", "techniques")
+    ema_decay: float = _opt(0.9998, "EMA decay per iteration", "techniques")
+
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON/YAML serialisable)."""

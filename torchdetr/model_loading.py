@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_FIELDS = (
     "backbone", "dilation", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
     "dropout", "nheads", "num_queries", "pre_norm", "masks", "aux_loss", "num_classes", "backbone_norm",
-    "backbone_weights",
+    "backbone_weights", "cls_loss",
 )
 
 
@@ -119,8 +119,12 @@ def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int
     return {}
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode."""
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
+    """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode.
+
+    A checkpoint trained with ``--ema`` holds the averaged weights under ``ema``; they are the ones
+    training evaluated, so they are used unless ``use_ema=False``.
+    """
     source = str(name_or_path)
     if source in OFFICIAL_MODELS:
         spec = OFFICIAL_MODELS[source]
@@ -137,7 +141,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         checkpoint = load_checkpoint(source)
         cfg = config_from_checkpoint(checkpoint, source)
         model = build_detector(cfg)
-        load_model_state(model, checkpoint["model"], source=source)
+        state = checkpoint["model"]
+        ema = checkpoint.get("ema")
+        if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+            log.info("%s: using its EMA weights (the weights training evaluated)", source)
+            state = ema["model"]
+        load_model_state(model, state, source=source)
         names = _category_names(checkpoint, cfg.num_classes)
     model.to(device).eval()
     return LoadedModel(model=model, config=cfg, category_names=names, source=source)

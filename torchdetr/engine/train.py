@@ -32,6 +32,7 @@ from ..config import DETRConfig
 from ..data.batching import collate_fn
 from ..models.build import build_model
 from ..models.criterion import SetCriterion
+from ..training import ModelEMA, TrainingModel, build_lr_scheduler, build_training_model
 from . import distributed as du
 from .checkpoint import checkpoint_dict, checkpoint_paths, save_atomic, unwrap
 from .evaluate import EvalResult, evaluate
@@ -90,10 +91,14 @@ def parameter_groups(model: nn.Module, cfg: DETRConfig) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: DETRConfig) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(model: nn.Module, cfg: DETRConfig, iters_per_epoch: int = 1) -> tuple[torch.optim.Optimizer, Any, bool]:
+    """AdamW and its LR schedule: ``(optimizer, lr_scheduler, step_every_iteration)``."""
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop)
-    return optimizer, lr_scheduler
+    lr_scheduler, per_iteration = build_lr_scheduler(
+        optimizer, schedule=cfg.lr_schedule, lr_drop=cfg.lr_drop, epochs=cfg.epochs, iters_per_epoch=iters_per_epoch,
+        warmup_iters=cfg.warmup_iters, min_lr_ratio=cfg.min_lr_ratio,
+    )
+    return optimizer, lr_scheduler, per_iteration
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -137,7 +142,7 @@ class LossAverager:
         self.count = 0
 
     def update(self, loss_dict: dict[str, torch.Tensor], total: float) -> dict[str, float]:
-        values = {k: float(v) for k, v in loss_dict.items()}
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
         row = {"loss": total}
         row.update({k: v * self.weight_dict[k] for k, v in values.items() if k in self.weight_dict})
         row.update({f"{k}_unscaled": v for k, v in values.items()})
@@ -177,12 +182,17 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     deadline: float | None = None,
     on_step: Callable[[int], None] | None = None,
+    lr_scheduler: Any | None = None,
+    ema: ModelEMA | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``data_loader``; returns (averaged log values, iterations done).
 
-    Stops early (returning what was done) when ``time.monotonic()`` passes ``deadline``.
-    Raises ``TrainingDiverged`` on a non-finite loss.
+    ``model`` is the DETR model, or a ``TrainingModel`` (training-only queries) whose outputs
+    go to a ``TrainingCriterion``. ``lr_scheduler`` (when given) is stepped every iteration,
+    ``ema`` updated after every optimizer step. Stops early (returning what was done) when
+    ``time.monotonic()`` passes ``deadline``. Raises ``TrainingDiverged`` on a non-finite loss.
     """
+    with_training_queries = isinstance(unwrap(model), TrainingModel)
     model.train()
     criterion.train()
     averager = LossAverager(criterion.weight_dict)
@@ -194,8 +204,11 @@ def train_one_epoch(
     for samples, targets in bar:
         samples, targets = _to_device(samples, targets, device)
         with autocast_context(device, cfg.amp):
-            outputs = model(samples)
-            loss_dict = criterion(outputs, targets)
+            if with_training_queries:
+                outputs, group_outputs, dn_outputs, layout = model(samples, targets)
+                loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
+            else:
+                loss_dict = criterion(model(samples), targets)
             losses = criterion.weighted_total(loss_dict)
         loss_value = float(losses.detach())
         if du.is_dist():
@@ -219,6 +232,10 @@ def train_one_epoch(
             if cfg.clip_max_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
             optimizer.step()
+        if lr_scheduler is not None:
+            lr_scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model).detr if with_training_queries else unwrap(model))
 
         row = averager.update(loss_dict, loss_value)
         iterations += 1
@@ -347,23 +364,39 @@ def train(
              cfg.num_queries, cfg.num_classes, f"{n_parameters:,}", start)
 
     model_without_ddp = model
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer, lr_scheduler = build_optimizer(model_without_ddp, cfg)
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    training = build_training_model(model, criterion, cfg)
+    train_module, train_criterion = training if training is not None else (model, criterion)
+    train_module.to(device)
+    if training is not None:
+        log.info("training-only queries: %d query group(s), %d denoising group(s) (inference uses the plain model)",
+                 cfg.num_groups, cfg.dn_groups)
     loader_train, loader_val = make_loaders(dataset_train, dataset_val, cfg)
+    iters_per_epoch = len(loader_train) if loader_train is not None else 1
+    optimizer, lr_scheduler, per_iteration = build_optimizer(train_module, cfg, iters_per_epoch)
+    if info.distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            train_module, device_ids=[device.index] if device.type == "cuda" else None)
+        if training is None:
+            model = train_module
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    ema = ModelEMA(model_without_ddp, decay=cfg.ema_decay) if cfg.ema else None
 
     start_epoch = cfg.start_epoch
     if cfg.resume:
         checkpoint = load_checkpoint(cfg.resume)
         load_model_state(model_without_ddp, checkpoint["model"], source=cfg.resume)
         if not cfg.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+            if training is not None and "training_queries" in checkpoint:
+                training[0].queries.load_state_dict(checkpoint["training_queries"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
             start_epoch = int(checkpoint["epoch"]) + 1
             log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
+        if ema is not None and "ema" in checkpoint:
+            ema.load_from_checkpoint(checkpoint["ema"])
 
     result = TrainResult(model=model_without_ddp, config=cfg, output_dir=output_dir)
+    eval_model = ema.module if ema is not None else model
     if cfg.eval:
         result.eval = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, cfg,
                                output_dir=output_dir, category_names=category_names)
@@ -375,7 +408,6 @@ def train(
     writer = _tensorboard(output_dir)
     deadline = time.monotonic() + cfg.time_budget * 60 if cfg.time_budget > 0 else None
     train_start = time.monotonic()
-    extra = {"categories": category_names}
     log.info("training %d epochs from epoch %d: %d images, %d iterations per epoch (batch %d)", cfg.epochs,
              start_epoch, len(dataset_train), len(loader_train), cfg.batch_size)
     epoch = start_epoch
@@ -384,24 +416,31 @@ def train(
             loader_train.batch_sampler.sampler.set_epoch(epoch)
         epoch_start = time.monotonic()
         try:
-            train_stats, iterations = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, cfg,
-                                                      scaler=scaler, deadline=deadline)
+            train_stats, iterations = train_one_epoch(
+                train_module, train_criterion, loader_train, optimizer, device, epoch, cfg, scaler=scaler,
+                deadline=deadline, lr_scheduler=lr_scheduler if per_iteration else None, ema=ema)
         except TrainingDiverged as err:
             kept = output_dir / "checkpoint.pth" if output_dir and (output_dir / "checkpoint.pth").exists() else None
             raise TrainingDiverged(f"{err}. Training stopped; "
                                    + (f"the last good checkpoint is {kept}." if kept else "no checkpoint was written yet.")
                                    + " Try a lower --lr, --clip_max_norm 0.1, or --amp none.") from None
         result.iterations += iterations
-        lr_scheduler.step()
+        if not per_iteration:
+            lr_scheduler.step()
         out_of_time = deadline is not None and time.monotonic() >= deadline
         if output_dir is not None and du.is_main_process():
+            extra: dict[str, Any] = {"categories": category_names}
+            if training is not None:
+                extra["training_queries"] = training[0].queries.state_dict()
+            if ema is not None:
+                extra["ema"] = ema.state_dict_for_checkpoint()
             state = checkpoint_dict(model_without_ddp, optimizer, lr_scheduler, epoch, cfg, **extra)
             for path in checkpoint_paths(output_dir, epoch, cfg.lr_drop):
                 save_atomic(state, path)
         row: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
         last = epoch == cfg.epochs - 1 or out_of_time
         if (epoch + 1) % max(cfg.eval_every, 1) == 0 or last:
-            result.eval = evaluate(model, criterion, postprocessors, loader_val, base_ds, device, cfg,
+            result.eval = evaluate(eval_model, criterion, postprocessors, loader_val, base_ds, device, cfg,
                                    output_dir=output_dir, category_names=category_names, print_tables=last)
             row.update({f"test_{k}": v for k, v in result.eval.loss_stats.items()})
             if result.eval.coco_stats.get("bbox") is not None:

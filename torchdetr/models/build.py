@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from torch import nn
 
@@ -17,7 +18,8 @@ from .transformer import build_transformer
 
 log = logging.getLogger(__name__)
 
-COCO_THING_MAX_ID = 90  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
+COCO_THING_MAX_ID = 90
+FOCAL_PRIOR = 0.01  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
 
 
 def coco_panoptic_is_thing_map(num_classes: int) -> dict[int, bool]:
@@ -49,6 +51,9 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
     )
     model: DETR | DETRsegm = DETR(backbone, transformer, num_classes=cfg.num_classes,
                                   num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    if cfg.cls_loss == "focal":
+        # start every class at a 1 % sigmoid probability (focal-loss prior, as RetinaNet/Deformable DETR)
+        nn.init.constant_(model.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
     if cfg.masks:
         model = DETRsegm(model, freeze_detr=cfg.frozen_weights is not None)
     return model
@@ -56,7 +61,8 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
 
 def build_criterion(cfg: DETRConfig) -> SetCriterion:
     """The set criterion with ``main.py``'s weighting."""
-    matcher = build_matcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+    matcher = build_matcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=cfg.cls_loss == "focal",
+                            focal_alpha=cfg.focal_alpha)
     weight_dict = default_weight_dict(
         bbox_loss_coef=cfg.bbox_loss_coef,
         giou_loss_coef=cfg.giou_loss_coef,
@@ -68,12 +74,12 @@ def build_criterion(cfg: DETRConfig) -> SetCriterion:
     )
     losses = ["labels", "boxes", "cardinality"] + (["masks"] if cfg.masks else [])
     return SetCriterion(cfg.num_classes, matcher=matcher, weight_dict=weight_dict,
-                        eos_coef=cfg.eos_coef, losses=losses)
+                        eos_coef=cfg.eos_coef, losses=losses, cls_loss=cfg.cls_loss, focal_alpha=cfg.focal_alpha)
 
 
 def build_postprocessors(cfg: DETRConfig, panoptic_threshold: float = 0.85) -> dict[str, nn.Module]:
     """``{"bbox"}`` plus ``"segm"`` and ``"panoptic"`` for mask models."""
-    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess()}
+    postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(focal=cfg.cls_loss == "focal")}
     if cfg.masks:
         postprocessors["segm"] = PostProcessSegm()
         if cfg.dataset_file == "coco_panoptic" or cfg.num_classes > COCO_THING_MAX_ID + 1:

@@ -78,8 +78,14 @@ class SetCriterion(nn.Module):
         weight_dict: dict[str, float],
         eos_coef: float,
         losses: Sequence[str],
+        cls_loss: str = "ce",
+        focal_alpha: float = 0.25,
     ) -> None:
         super().__init__()
+        if cls_loss not in ("ce", "focal"):
+            raise ValueError(f"--cls_loss: unknown classification loss {cls_loss!r} (ce or focal)")
+        self.cls_loss = cls_loss
+        self.focal_alpha = focal_alpha
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
@@ -100,10 +106,17 @@ class SetCriterion(nn.Module):
         target_classes_o = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
         target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
         target_classes[idx] = target_classes_o
-        loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
+        if self.cls_loss == "focal":
+            # sigmoid focal loss over the K real classes (the last, "no object", logit is unused)
+            logits = src_logits[..., :-1]
+            onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+            loss_ce = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=2, reduction="sum") / num_boxes
+        else:
+            loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)
         losses = {"loss_ce": loss_ce}
         if log:
-            losses["class_error"] = 100 - top1_accuracy(src_logits[idx], target_classes_o)
+            matched = src_logits[idx][:, :-1] if self.cls_loss == "focal" else src_logits[idx]
+            losses["class_error"] = 100 - top1_accuracy(matched, target_classes_o)
         return losses
 
     @torch.no_grad()
@@ -111,7 +124,10 @@ class SetCriterion(nn.Module):
         """L1 error between the number of non-"no object" predictions and of targets (logged only)."""
         pred_logits = outputs["pred_logits"]
         tgt_lengths = torch.as_tensor([len(v["labels"]) for v in targets], device=pred_logits.device)
-        card_pred = (pred_logits.argmax(-1) != pred_logits.shape[-1] - 1).sum(1)
+        if self.cls_loss == "focal":
+            card_pred = (pred_logits[..., :-1].sigmoid().max(-1).values > 0.5).sum(1)
+        else:
+            card_pred = (pred_logits.argmax(-1) != pred_logits.shape[-1] - 1).sum(1)
         return {"cardinality_error": F.l1_loss(card_pred.float(), tgt_lengths.float())}
 
     def loss_boxes(self, outputs, targets: Targets, indices: Indices, num_boxes: float):

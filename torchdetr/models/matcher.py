@@ -17,17 +17,38 @@ class HungarianMatcher(nn.Module):
     There are more queries than objects: unmatched queries are "no object".
     """
 
-    def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1) -> None:
+    def __init__(
+        self,
+        cost_class: float = 1,
+        cost_bbox: float = 1,
+        cost_giou: float = 1,
+        focal: bool = False,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all matching costs are 0 (set_cost_class/bbox/giou)")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+        self.focal = focal
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     def class_cost(self, out_logits: Tensor, tgt_ids: Tensor) -> Tensor:
-        """[N, K+1] logits, [M] target labels → [N, M] cost (−softmax probability)."""
-        return -out_logits.softmax(-1)[:, tgt_ids]
+        """[N, K+1] logits, [M] target labels → [N, M] class cost.
+
+        Softmax (the original): −p(class). Focal (``focal=True``, sigmoid over the K real classes,
+        as Deformable DETR): the focal loss of calling it that class minus that of not calling it.
+        """
+        if not self.focal:
+            return -out_logits.softmax(-1)[:, tgt_ids]
+        prob = out_logits[:, :-1].sigmoid()[:, tgt_ids]
+        alpha, gamma = self.focal_alpha, self.focal_gamma
+        neg_cost = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
+        pos_cost = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
+        return pos_cost - neg_cost
 
     @torch.no_grad()
     def cost_matrix(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
@@ -58,6 +79,10 @@ class HungarianMatcher(nn.Module):
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
 
 
-def build_matcher(set_cost_class: float = 1, set_cost_bbox: float = 5, set_cost_giou: float = 2) -> HungarianMatcher:
-    """The matcher with ``main.py``'s cost weights."""
-    return HungarianMatcher(cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou)
+def build_matcher(
+    set_cost_class: float = 1, set_cost_bbox: float = 5, set_cost_giou: float = 2, focal: bool = False,
+    focal_alpha: float = 0.25,
+) -> HungarianMatcher:
+    """The matcher with ``main.py``'s cost weights (focal class cost with ``--cls_loss focal``)."""
+    return HungarianMatcher(cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou,
+                            focal=focal, focal_alpha=focal_alpha)

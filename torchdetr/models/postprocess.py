@@ -33,7 +33,15 @@ def rgb2id(rgb: np.ndarray) -> np.ndarray:
 
 
 class PostProcess(nn.Module):
-    """Boxes in pixels of the original image, with scores/labels from the softmax without no-object."""
+    """Boxes in pixels of the original image, with scores/labels from the softmax without no-object.
+
+    With ``focal=True`` (models trained with ``--cls_loss focal``) scores are sigmoid probabilities
+    of the K real classes and the ``Q`` best (query, class) pairs are returned, as Deformable DETR does.
+    """
+
+    def __init__(self, focal: bool = False) -> None:
+        super().__init__()
+        self.focal = focal
 
     @torch.no_grad()
     def forward(self, outputs: Mapping[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
@@ -46,9 +54,16 @@ class PostProcess(nn.Module):
             raise ValueError(
                 f"target_sizes must be [B, 2] with B = {len(out_logits)}, got {tuple(target_sizes.shape)}"
             )
-        prob = F.softmax(out_logits, -1)
-        scores, labels = prob[..., :-1].max(-1)
         boxes = box_convert(out_bbox, "cxcywh", "xyxy")
+        if self.focal:
+            prob = out_logits[..., :-1].sigmoid()
+            num_queries, num_classes = prob.shape[1:]
+            scores, index = prob.flatten(1).topk(num_queries, dim=1)
+            labels = index % num_classes
+            boxes = torch.gather(boxes, 1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
+        else:
+            prob = F.softmax(out_logits, -1)
+            scores, labels = prob[..., :-1].max(-1)
         img_h, img_w = target_sizes.unbind(1)
         scale_fct = torch.stack([img_w, img_h, img_w, img_h], dim=1)
         boxes = boxes * scale_fct[:, None, :]

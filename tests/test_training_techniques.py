@@ -1,0 +1,186 @@
+"""Training-only queries (groups, denoising), focal loss, schedules and EMA."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from torchdetr import DETRConfig, build_model
+from torchdetr.models.postprocess import PostProcess
+from torchdetr.training import ModelEMA, build_lr_scheduler, build_training_model
+from torchdetr.training.criterion import denoising_indices
+from torchdetr.training.queries import QueryLayout, attention_mask
+
+TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
+            num_queries=4, num_classes=5, backbone_weights="none", dropout=0.0)
+
+
+def targets_batch():
+    return [
+        {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.7, 0.3, 0.2]])},
+        {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+    ]
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    cfg = DETRConfig(**{**TINY, **overrides})
+    model, criterion, post = build_model(cfg)
+    training = build_training_model(model, criterion, cfg)
+    return cfg, model, criterion, post, training
+
+
+def test_attention_mask_blocks_exactly_other_groups_and_other_denoising_copies():
+    layout = QueryLayout(num_dn=6, pad_size=3, dn_groups=2, num_queries=4, num_groups=3)
+    blocked = attention_mask(layout)
+    assert blocked.shape == (18, 18)
+
+    def group_of(i):
+        if i < 6:
+            return ("dn", i // 3)
+        return ("q", (i - 6) // 4)
+
+    for i in range(18):
+        for j in range(18):
+            gi, gj = group_of(i), group_of(j)
+            may_see = gi == gj or (gi[0] == "dn" and gj == ("q", 0))
+            assert bool(blocked[i, j]) == (not may_see), (i, j)
+
+
+def test_primary_outputs_equal_plain_forward_and_are_isolated_from_extra_queries():
+    cfg, model, _, _, (train_model, _) = build(num_groups=3, dn_groups=2)
+    model.eval()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
+    with torch.no_grad():
+        plain = model(images)
+        outputs, groups, dn, layout = train_model(images, targets_batch())
+    assert layout.num_dn == 2 * 2 and len(groups) == 2
+    torch.testing.assert_close(outputs["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs["pred_boxes"], plain["pred_boxes"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs["aux_outputs"][0]["pred_logits"], plain["aux_outputs"][0]["pred_logits"],
+                               rtol=0, atol=1e-5)
+    # changing another group's queries changes that group, not the primary nor the remaining group
+    with torch.no_grad():
+        train_model.queries.group_query_embed.weight[:4] += 1.0
+        outputs2, groups2, _, _ = train_model(images, targets_batch())
+    torch.testing.assert_close(outputs2["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
+    assert not torch.allclose(groups2[0]["pred_logits"], groups[0]["pred_logits"], atol=1e-4)
+    torch.testing.assert_close(groups2[1]["pred_logits"], groups[1]["pred_logits"], rtol=0, atol=1e-5)
+
+
+def test_denoising_copy_does_not_see_other_copies():
+    """Changing copy 1's inputs leaves copy 0's predictions unchanged (no leak between copies)."""
+    _, model, _, _, (train_model, _) = build(dn_groups=2)
+    model.eval()
+    images = [torch.rand(3, 64, 64)]
+    targets = targets_batch()[:1]
+    queries = train_model.queries
+    captured = {}
+    original = queries.noised_queries
+
+    def fixed_noise(targets, device):
+        tgt, pos, pad, valid = original(targets, device)
+        if "first" not in captured:
+            captured["first"] = (tgt.clone(), pos.clone())
+        else:
+            tgt, pos = captured["first"][0].clone(), captured["first"][1].clone()
+            tgt[pad:] += 5.0  # perturb copy 1 only
+            pos[pad:] -= 3.0
+        return tgt, pos, pad, valid
+
+    queries.noised_queries = fixed_noise
+    with torch.no_grad():
+        _, _, dn_a, layout = train_model(images, targets)
+        _, _, dn_b, _ = train_model(images, targets)
+    pad = layout.pad_size
+    torch.testing.assert_close(dn_a["pred_boxes"][:, :pad], dn_b["pred_boxes"][:, :pad], rtol=0, atol=1e-5)
+    assert not torch.allclose(dn_a["pred_boxes"][:, pad:], dn_b["pred_boxes"][:, pad:], atol=1e-4)
+
+
+def test_denoising_indices_pair_each_copy_with_its_object():
+    layout = QueryLayout(num_dn=6, pad_size=3, dn_groups=2, num_queries=4, num_groups=1)
+    indices = denoising_indices(targets_batch(), layout)
+    assert indices[0][0].tolist() == [0, 1, 3, 4] and indices[0][1].tolist() == [0, 1, 0, 1]
+    assert indices[1][0].tolist() == [0, 3] and indices[1][1].tolist() == [0, 0]
+
+
+def test_group_loss_is_the_sum_of_independently_matched_group_losses():
+    _, model, criterion, _, (train_model, train_criterion) = build(num_groups=3)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = targets_batch()
+    outputs, groups, dn, layout = train_model(images, targets)
+    losses = train_criterion(outputs, groups, dn, targets, layout)
+    expected = sum(criterion.weighted_total(criterion(g, targets)) for g in groups)
+    assert losses["loss_groups"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["loss_ce"].item() == pytest.approx(criterion(outputs, targets)["loss_ce"].item(), rel=1e-6)
+    total = train_criterion.weighted_total(losses)
+    total.backward()
+    assert train_model.queries.group_query_embed.weight.grad.abs().sum() > 0
+
+
+def test_denoising_loss_trains_the_extra_modules():
+    _, _, _, _, (train_model, train_criterion) = build(dn_groups=3)
+    outputs, groups, dn, layout = train_model([torch.rand(3, 64, 64)] * 2, targets_batch())
+    losses = train_criterion(outputs, groups, dn, targets_batch(), layout)
+    assert torch.isfinite(losses["loss_dn"]) and losses["loss_dn"] > 0
+    losses["loss_dn"].backward()
+    assert train_model.queries.label_embed.weight.grad.abs().sum() > 0
+    assert train_model.queries.box_pos.layers[0].weight.grad.abs().sum() > 0
+
+
+def test_focal_postprocess_takes_top_query_class_pairs():
+    logits = torch.full((1, 3, 4), -9.0)
+    logits[0, 0, 1] = 3.0  # query 0: class 1 strong
+    logits[0, 2, 0] = 1.0  # query 2: class 0
+    logits[0, 2, 2] = 2.0  # query 2: class 2 stronger
+    logits[0, :, 3] = 50.0  # the unused "no object" logit must not matter
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.2, 0.2]]])
+    [res] = PostProcess(focal=True)({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))
+    assert res["labels"].tolist()[:3] == [1, 2, 0]
+    assert res["scores"][0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    torch.testing.assert_close(res["boxes"][1], torch.tensor([40.0, 20.0, 80.0, 40.0]))
+
+
+def test_focal_matching_prefers_the_confident_query():
+    _, _, criterion, _, _ = build(cls_loss="focal", set_cost_bbox=0, set_cost_giou=0)
+    logits = torch.full((1, 4, 6), -5.0)
+    logits[0, 2, 3] = 4.0
+    outputs = {"pred_logits": logits, "pred_boxes": torch.rand(1, 4, 4) * 0.5 + 0.25}
+    [(src, tgt)] = criterion.matcher(outputs, [{"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}])
+    assert src.tolist() == [2]
+    losses = criterion(outputs, [{"labels": torch.tensor([3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}])
+    assert losses["class_error"].item() == 0
+
+
+def test_warmup_cosine_schedule_shape():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=1.0)
+    sched, per_iteration = build_lr_scheduler(opt, schedule="cosine", lr_drop=100, epochs=2, iters_per_epoch=50,
+                                              warmup_iters=10, min_lr_ratio=0.1)
+    assert per_iteration
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01) and all(a >= b - 1e-9 for a, b in itertools.pairwise(lrs[10:]))
+    sched, per_iteration = build_lr_scheduler(opt, schedule="step", lr_drop=3, epochs=5, iters_per_epoch=7)
+    assert isinstance(sched, torch.optim.lr_scheduler.StepLR) and not per_iteration
+
+
+def test_ema_tracks_the_average():
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.5, warmup=1e-9)  # decay 0.5 from the first update
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    start = ema.module.weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight, 0.5 * start + 0.5 * 2.0)
+
+
+def test_techniques_refuse_masks():
+    with pytest.raises(ValueError, match="--masks"):
+        build(masks=True, hidden_dim=128, nheads=8, num_groups=2)

@@ -1,0 +1,66 @@
+"""Losses of the training-only queries: per-group Hungarian losses and denoising reconstruction."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..models.criterion import SetCriterion, world_average_num_boxes
+from .queries import QueryLayout
+
+Targets = list[dict[str, Tensor]]
+
+
+def denoising_indices(targets: Targets, layout: QueryLayout) -> list[tuple[Tensor, Tensor]]:
+    """Known assignment of denoising queries: copy d, slot j ↔ ground-truth object j (per image)."""
+    indices = []
+    for t in targets:
+        m = len(t["labels"])
+        device = t["labels"].device
+        src = torch.cat([torch.arange(m, device=device) + d * layout.pad_size for d in range(layout.dn_groups)])
+        tgt = torch.arange(m, device=device).repeat(layout.dn_groups)
+        indices.append((src.long().cpu(), tgt.long().cpu()))
+    return indices
+
+
+class TrainingCriterion(nn.Module):
+    """The model's ``SetCriterion`` plus ``loss_groups`` and ``loss_dn`` (already weighted sums).
+
+    ``loss_groups`` = Σ over extra groups of that group's weighted DETR loss (own Hungarian matching,
+    aux layers included). ``loss_dn`` = weighted labels+boxes losses of the denoising queries against
+    the objects they were made from, final and aux layers, normalised by the number of noised boxes.
+    The primary group's entries keep their usual names, so logs compare with plain DETR.
+    """
+
+    def __init__(self, criterion: SetCriterion, group_weight: float = 1.0, dn_weight: float = 1.0) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.weight_dict = dict(criterion.weight_dict)
+        self.weight_dict["loss_groups"] = group_weight
+        self.weight_dict["loss_dn"] = dn_weight
+
+    def forward(self, outputs: dict, group_outputs: list[dict], dn_outputs: dict | None, targets: Targets,
+                layout: QueryLayout) -> dict[str, Tensor]:
+        losses = self.criterion(outputs, targets)
+        if group_outputs:
+            losses["loss_groups"] = sum(self.criterion.weighted_total(self.criterion(g, targets)) for g in group_outputs)
+        if dn_outputs is not None:
+            losses["loss_dn"] = self.denoising_loss(dn_outputs, targets, layout)
+        return losses
+
+    def denoising_loss(self, dn_outputs: dict, targets: Targets, layout: QueryLayout) -> Tensor:
+        indices = denoising_indices(targets, layout)
+        device = dn_outputs["pred_logits"].device
+        num_boxes = world_average_num_boxes(targets, device) * layout.dn_groups
+        layers = [dn_outputs, *dn_outputs.get("aux_outputs", [])]
+        total = torch.zeros((), device=device)
+        base_weights = self.criterion.weight_dict
+        for layer in layers:
+            for loss in ("labels", "boxes"):
+                kwargs = {"log": False} if loss == "labels" else {}
+                for k, v in self.criterion.get_loss(loss, layer, targets, indices, num_boxes, **kwargs).items():
+                    total = total + v * base_weights[k]
+        return total
+
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(losses[k] * self.weight_dict[k] for k in losses if k in self.weight_dict)

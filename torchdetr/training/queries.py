@@ -1,0 +1,205 @@
+"""Training-only decoder queries that speed up DETR's convergence: query groups and denoising.
+
+Both add queries to the decoder during training only, next to the model's own ``Q`` queries,
+and restrict the decoder's self-attention so that no extra query changes what the model's own
+queries compute... except through shared weights:
+
+- **Query groups** (Group DETR, Chen et al. 2022): ``num_groups - 1`` extra sets of ``Q`` learned
+  query positions. Each group attends only to itself and is matched to the ground truth on its
+  own (one-to-one), so every object gets ``num_groups`` positive queries per image.
+- **Denoising** (DN-DETR, Li et al. 2022, adapted to DETR's absolute box head): every ground-truth
+  box, jittered, and its label, sometimes flipped, become extra queries (content = label
+  embedding, position = an MLP of the box's sine encoding) that must reconstruct the true box
+  and label. ``dn_groups`` noised copies per object; a copy sees only its own copy group (and
+  the model's primary queries), so no query sees the answer it is asked for through another
+  copy, and no model query sees any of them.
+
+The extra parameters live in ``TrainingQueries``, not in the model: checkpoints for inference,
+exported models and the forward pass at inference are exactly DETR's.
+
+Query order in the decoder: ``[denoising (dn_groups × P) | primary (Q) | group 2 (Q) | …]`` where
+``P`` is the largest number of objects of an image in the batch (shorter images are padded with
+dummy queries that get no loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from ..data.batching import NestedTensor, as_nested_tensor
+from ..models.detr import DETR, MLP
+
+BOX_SINE_FEATS_PER_COORD = 32  # sine features per box coordinate fed to the box → position MLP
+BOX_SINE_TEMPERATURE = 10000
+
+
+@dataclass
+class QueryLayout:
+    """Where each kind of query sits in the decoder's query axis."""
+
+    num_dn: int  # dn_groups * pad_size
+    pad_size: int  # P: objects per denoising group (padded to the batch's largest)
+    dn_groups: int
+    num_queries: int  # Q: the model's own queries (one group)
+    num_groups: int
+
+    @property
+    def total(self) -> int:
+        return self.num_dn + self.num_queries * self.num_groups
+
+    def group_slice(self, g: int) -> slice:
+        start = self.num_dn + g * self.num_queries
+        return slice(start, start + self.num_queries)
+
+
+def box_sine_encoding(boxes: Tensor, feats: int = BOX_SINE_FEATS_PER_COORD) -> Tensor:
+    """Normalised cxcywh boxes [..., 4] → sine/cosine features [..., 4 * feats] (2π-scaled, as DETR)."""
+    dim_t = torch.arange(feats, dtype=torch.float32, device=boxes.device)
+    dim_t = BOX_SINE_TEMPERATURE ** (2 * (dim_t // 2) / feats)
+    pos = boxes[..., None].float() * (2 * math.pi) / dim_t
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    return pos.flatten(-2)
+
+
+def attention_mask(layout: QueryLayout, device: torch.device | None = None) -> Tensor:
+    """Decoder self-attention mask [N, N] (True = may NOT attend), N = ``layout.total``.
+
+    - model queries of group g see only group g;
+    - denoising copy d sees copy d and the primary group, never another copy.
+    """
+    n = layout.total
+    blocked = torch.ones(n, n, dtype=torch.bool, device=device)
+    for g in range(layout.num_groups):
+        s = layout.group_slice(g)
+        blocked[s, s] = False
+    primary = layout.group_slice(0)
+    for d in range(layout.dn_groups):
+        s = slice(d * layout.pad_size, (d + 1) * layout.pad_size)
+        blocked[s, s] = False
+        blocked[s, primary] = False
+    return blocked
+
+
+class TrainingQueries(nn.Module):
+    """Extra query groups and denoising queries for training (see module docstring)."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_queries: int,
+        num_classes: int,
+        num_groups: int = 1,
+        dn_groups: int = 0,
+        dn_box_noise: float = 0.4,
+        dn_label_noise: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if num_groups < 1:
+            raise ValueError(f"--num_groups must be >= 1, got {num_groups}")
+        if dn_groups < 0:
+            raise ValueError(f"--dn_groups must be >= 0, got {dn_groups}")
+        self.num_groups = num_groups
+        self.dn_groups = dn_groups
+        self.num_queries = num_queries
+        self.num_classes = num_classes
+        self.dn_box_noise = dn_box_noise
+        self.dn_label_noise = dn_label_noise
+        self.group_query_embed = nn.Embedding((num_groups - 1) * num_queries, hidden_dim) if num_groups > 1 else None
+        if dn_groups > 0:
+            self.label_embed = nn.Embedding(num_classes + 1, hidden_dim)
+            self.box_pos = MLP(4 * BOX_SINE_FEATS_PER_COORD, hidden_dim, hidden_dim, 2)
+
+    @property
+    def active(self) -> bool:
+        return self.num_groups > 1 or self.dn_groups > 0
+
+    # ------------------------------------------------------------------ denoising inputs
+    def noised_queries(self, targets: list[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, int, Tensor]:
+        """Denoising content/position queries.
+
+        Returns ``tgt`` [D, B, C], ``query_pos`` [D, B, C] (D = dn_groups * P), ``P`` and a bool
+        ``valid`` [B, D] that is False on padding slots.
+        """
+        batch = len(targets)
+        pad = max((len(t["labels"]) for t in targets), default=0)
+        d_total = self.dn_groups * pad
+        hidden = self.label_embed.embedding_dim
+        labels = torch.full((batch, d_total), self.num_classes, dtype=torch.int64, device=device)
+        boxes = torch.rand(batch, d_total, 4, device=device) * 0.5 + 0.25  # dummy boxes on padding slots
+        valid = torch.zeros(batch, d_total, dtype=torch.bool, device=device)
+        for b, t in enumerate(targets):
+            m = len(t["labels"])
+            if m == 0:
+                continue
+            for d in range(self.dn_groups):
+                s = slice(d * pad, d * pad + m)
+                labels[b, s] = self._flip_labels(t["labels"])
+                boxes[b, s] = self._jitter_boxes(t["boxes"])
+                valid[b, s] = True
+        if d_total == 0:
+            empty = torch.zeros(0, batch, hidden, device=device)
+            return empty, empty, pad, valid
+        tgt = self.label_embed(labels).transpose(0, 1)
+        query_pos = self.box_pos(box_sine_encoding(boxes)).transpose(0, 1)
+        return tgt, query_pos, pad, valid
+
+    def _flip_labels(self, labels: Tensor) -> Tensor:
+        if self.dn_label_noise <= 0:
+            return labels
+        flip = torch.rand(labels.shape, device=labels.device) < self.dn_label_noise
+        random_labels = torch.randint(0, self.num_classes, labels.shape, device=labels.device)
+        return torch.where(flip, random_labels, labels)
+
+    def _jitter_boxes(self, boxes: Tensor) -> Tensor:
+        """Shift centres by up to ±noise/2 of the size and scale sizes by 1 ± noise (DN-DETR)."""
+        if self.dn_box_noise <= 0:
+            return boxes
+        xyxy = box_convert(boxes, "cxcywh", "xyxy")
+        half = boxes[:, 2:].repeat(1, 2) / 2
+        jitter = (torch.rand_like(xyxy) * 2 - 1) * half * self.dn_box_noise
+        xyxy = (xyxy + jitter).clamp(0, 1)
+        cxcywh = box_convert(xyxy, "xyxy", "cxcywh")
+        return torch.cat([cxcywh[:, :2], cxcywh[:, 2:].clamp(min=1e-3)], dim=1)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, model: DETR, samples: NestedTensor | Tensor | list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict, list[dict], dict | None, QueryLayout]:
+        """Decode the model's queries together with the extra ones.
+
+        Returns ``(outputs, group_outputs, dn_outputs, layout)``: ``outputs`` is exactly what
+        ``model(samples)`` computes for its own queries (with aux outputs); ``group_outputs`` one
+        output dict per extra group; ``dn_outputs`` the denoising predictions (with aux outputs
+        and ``dn_valid`` [B, D]) or None.
+        """
+        samples = as_nested_tensor(samples)
+        features, pos = model.backbone(samples)
+        src, mask = features[-1].decompose()
+        batch = src.shape[0]
+        device = src.device
+        query_pos = model.query_embed.weight
+        if self.group_query_embed is not None:
+            query_pos = torch.cat([query_pos, self.group_query_embed.weight], dim=0)
+        query_pos = query_pos.unsqueeze(1).repeat(1, batch, 1)
+        tgt = torch.zeros_like(query_pos)
+        pad, valid = 0, None
+        if self.dn_groups > 0:
+            dn_tgt, dn_pos, pad, valid = self.noised_queries(targets, device)
+            tgt = torch.cat([dn_tgt, tgt], dim=0)
+            query_pos = torch.cat([dn_pos, query_pos], dim=0)
+        layout = QueryLayout(num_dn=self.dn_groups * pad, pad_size=pad, dn_groups=self.dn_groups,
+                             num_queries=self.num_queries, num_groups=self.num_groups)
+        tgt_mask = attention_mask(layout, device)
+        hs = model.transformer(model.input_proj(src), mask, query_pos, pos[-1], tgt=tgt, tgt_mask=tgt_mask)[0]
+        outputs = model.predict_from_decoder(hs[:, :, layout.group_slice(0)])
+        group_outputs = [model.predict_from_decoder(hs[:, :, layout.group_slice(g)]) for g in range(1, self.num_groups)]
+        dn_outputs = None
+        if layout.num_dn > 0:
+            dn_outputs = model.predict_from_decoder(hs[:, :, : layout.num_dn])
+            dn_outputs["dn_valid"] = valid
+        return outputs, group_outputs, dn_outputs, layout

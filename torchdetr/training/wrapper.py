@@ -1,0 +1,38 @@
+"""The module that training optimises: the model plus its training-only queries (one DDP unit)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..config import DETRConfig
+from ..models.criterion import SetCriterion
+from .criterion import TrainingCriterion
+from .queries import TrainingQueries
+
+
+class TrainingModel(nn.Module):
+    """``forward(samples, targets)`` → ``(outputs, group_outputs, dn_outputs, layout)``.
+
+    ``detr`` is the plain DETR (what is saved for inference); ``queries`` the extra training queries.
+    """
+
+    def __init__(self, detr: nn.Module, queries: TrainingQueries) -> None:
+        super().__init__()
+        self.detr = detr
+        self.queries = queries
+
+    def forward(self, samples, targets: list[dict[str, Tensor]]):
+        return self.queries(self.detr, samples, targets)
+
+
+def build_training_model(
+    model: nn.Module, criterion: SetCriterion, cfg: DETRConfig
+) -> tuple[TrainingModel, TrainingCriterion] | None:
+    """``(TrainingModel, TrainingCriterion)`` when ``--num_groups > 1`` or ``--dn_groups > 0``, else None."""
+    if cfg.num_groups <= 1 and cfg.dn_groups <= 0:
+        return None
+    if cfg.masks:
+        raise ValueError("--num_groups / --dn_groups are for detection training; not available with --masks")
+    queries = TrainingQueries(cfg.hidden_dim, cfg.num_queries, cfg.num_classes, num_groups=cfg.num_groups,
+                              dn_groups=cfg.dn_groups, dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise)
+    return TrainingModel(model, queries), TrainingCriterion(criterion)
