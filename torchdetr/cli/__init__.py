@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, FileNotFoundError, ValueError, KeyError, NotADirectoryError, PermissionError) as err:
+    except (UserError, FileNotFoundError, ValueError, KeyError, NotADirectoryError, PermissionError,
+            ModuleNotFoundError) as err:
         if args.verbose:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

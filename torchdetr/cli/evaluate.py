@@ -19,6 +19,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ann", help="ground-truth COCO annotation file (mode 1)")
     p.add_argument("--results", help="detections in COCO results format (mode 1)")
     p.add_argument("--iou_type", default="bbox", choices=("bbox", "segm"), help="mode 1: what to evaluate")
+    p.add_argument("--ignore_unknown_categories", action="store_true",
+                   help="mode 1: skip detections whose category id is not in the ground truth (counted) instead of failing")
+    p.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster_coco_eval"),
+                   help="mode 1: COCO evaluation implementation (same numbers; faster_coco_eval is faster)")
     p.add_argument("--model", help="official model name or checkpoint path/URL (mode 2)")
     p.add_argument("--config", help="YAML/JSON file of options")
     add_config_arguments(p, exclude=("eval",))
@@ -36,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_file(args: argparse.Namespace) -> int:
     from ..engine.coco_eval import evaluate_results_file, format_per_class_table, format_stats_table
 
-    report = evaluate_results_file(Path(args.ann), Path(args.results), iou_type=args.iou_type)
-    print(f"{report.num_detections} detections on {report.num_images} images")
+    report = evaluate_results_file(Path(args.ann), Path(args.results), iou_type=args.iou_type, backend=args.backend,
+                                   ignore_unknown_categories=args.ignore_unknown_categories)
+    ignored = f" ({report.num_ignored} with unknown category ids ignored)" if report.num_ignored else ""
+    print(f"{report.num_detections} detections on {report.num_images} images{ignored}")
     print(format_stats_table(report.stats, title=args.iou_type))
     print(format_per_class_table(report.per_class))
     return 0
