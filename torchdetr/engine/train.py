@@ -203,13 +203,16 @@ def train_one_epoch(
     start = time.monotonic()
     for samples, targets in bar:
         samples, targets = _to_device(samples, targets, device)
-        with autocast_context(device, cfg.amp):
-            if with_training_queries:
-                outputs, group_outputs, dn_outputs, layout = model(samples, targets)
-                loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
-            else:
-                loss_dict = criterion(model(samples), targets)
-            losses = criterion.weighted_total(loss_dict)
+        try:
+            with autocast_context(device, cfg.amp):
+                if with_training_queries:
+                    outputs, group_outputs, dn_outputs, layout = model(samples, targets)
+                    loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
+                else:
+                    loss_dict = criterion(model(samples), targets)
+                losses = criterion.weighted_total(loss_dict)
+        except FloatingPointError as err:  # the matcher refuses non-finite predictions
+            raise TrainingDiverged(f"{err} at epoch {epoch}, iteration {iterations}") from None
         loss_value = float(losses.detach())
         if du.is_dist():
             flag = torch.tensor([loss_value], device=device)

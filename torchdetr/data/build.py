@@ -1,0 +1,52 @@
+"""Datasets from a ``DETRConfig``: ``build_dataset(image_set, cfg)`` and the ground truth for evaluation."""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from ..config import DETRConfig
+from .coco import CocoDetection, get_coco_api, resolve_coco_layout
+from .synthetic import NATIVE_SIZE, SyntheticShapes, split_seed
+from .transforms import REFERENCE_SIZE, make_transforms
+
+__all__ = ["DATASET_FILES", "build_dataset", "get_coco_api", "synthetic_image_size"]
+
+DATASET_FILES: tuple[str, ...] = ("coco", "synthetic")
+
+
+def synthetic_image_size(cfg: DETRConfig) -> int:
+    """Image size of the synthetic dataset: ``cfg.image_size``, or the native 128 px when it is the default 800."""
+    return NATIVE_SIZE if cfg.image_size == REFERENCE_SIZE else cfg.image_size
+
+
+def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
+    """The ``image_set`` ("train" or "val") split of ``cfg.dataset_file`` with the DETR transforms.
+
+    - ``"coco"``: the folder ``cfg.coco_path`` in the COCO 2017 or the generic layout
+      (``resolve_coco_layout``), with masks when ``cfg.masks``.
+    - ``"synthetic"``: ``cfg.num_train`` / ``cfg.num_val`` ``SyntheticShapes`` images with seed
+      ``split_seed(cfg.seed, image_set)``, so train and val differ. When ``cfg.image_size`` is the
+      default 800 the images, and the transform recipe, use the synthetic native size of 128 px.
+
+    Transforms are ``make_transforms(image_set, image_size, cfg.max_size)``.
+    """
+    if image_set not in ("train", "val"):
+        raise ValueError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
+    if cfg.dataset_file == "coco":
+        if not cfg.coco_path:
+            raise ValueError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
+        img_folder, ann_file = resolve_coco_layout(cfg.coco_path, image_set)
+        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size)
+        return CocoDetection(img_folder, ann_file, transforms=transforms, return_masks=cfg.masks)
+    if cfg.dataset_file == "synthetic":
+        image_size = synthetic_image_size(cfg)
+        return SyntheticShapes(
+            cfg.num_train if image_set == "train" else cfg.num_val,
+            seed=split_seed(cfg.seed, image_set),
+            image_size=image_size,
+            transforms=make_transforms(image_set, image_size, cfg.max_size),
+            return_masks=cfg.masks,
+        )
+    raise ValueError(
+        f"--dataset_file {cfg.dataset_file!r} is not supported here; expected one of {', '.join(DATASET_FILES)}"
+    )
