@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except (UserError, FileNotFoundError, ValueError, KeyError, NotADirectoryError, PermissionError,
             ModuleNotFoundError) as err:
         if args.verbose:
