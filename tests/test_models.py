@@ -192,3 +192,24 @@ def test_demo_model_shapes_and_keys():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 96))
     assert out["pred_logits"].shape == (1, 100, 92) and out["pred_boxes"].shape == (1, 100, 4)
+
+
+def test_torch_hub_load_from_this_repository():
+    from .conftest import ROOT
+
+    model = torch.hub.load(str(ROOT), "detr_resnet50_dc5", source="local", pretrained=False, num_classes=3)
+    assert model.class_embed.out_features == 4
+    layer4 = model.backbone[0].body.layer4
+    assert layer4[0].conv2.stride == (1, 1) and layer4[1].conv2.dilation == (2, 2)  # DC5: stride 16
+    with pytest.raises(ValueError, match="num_classes=91"):
+        torch.hub.load(str(ROOT), "detr_resnet50", source="local", pretrained=True, num_classes=3)
+
+
+def test_official_model_metadata():
+    assert set(hub.OFFICIAL_MODELS) == {"detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5",
+                                        "detr_resnet50_panoptic", "detr_resnet50_dc5_panoptic", "detr_resnet101_panoptic"}
+    for spec in hub.OFFICIAL_MODELS.values():
+        # the file name's suffix is the sha256 prefix that check_hash verifies
+        assert spec.url.startswith("https://dl.fbaipublicfiles.com/detr/") and spec.url.endswith(".pth")
+        assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush" and len(spec.categories) == 80
+    assert hub.OFFICIAL_MODELS["detr_resnet101_dc5"].dilation and not hub.OFFICIAL_MODELS["detr_resnet101"].dilation
