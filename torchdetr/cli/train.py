@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..config import DETRConfig, add_config_arguments, config_from_args, read_config_file
@@ -42,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"detr train: {err}", file=sys.stderr)
         return 1
-    if result.output_dir is not None and not cfg.eval:
+    if result.output_dir is not None and not cfg.eval and os.environ.get("RANK", "0") == "0":
         print(f"checkpoint and logs written to {result.output_dir}")
     return 0
