@@ -119,3 +119,25 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code = cli_main(["train", "--coco_path", str(tmp_path / "missing"), "--backbone_weights", "none", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "error" in err and "Traceback" not in err
+
+
+def test_distributed_training_with_torchrun_on_cpu(tmp_path):
+    """Two gloo processes train one epoch; one checkpoint, losses averaged over ranks."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "torchdetr.cli", "train", "--dataset_file", "synthetic", "--num_train", "16", "--num_val", "8",
+           "--image_size", "64", "--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1",
+           "--dec_layers", "1", "--dim_feedforward", "32", "--num_queries", "5", "--batch_size", "4", "--epochs", "1",
+           "--backbone_weights", "none", "--num_workers", "0", "--device", "cpu", "--output_dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rank 1/2" in proc.stderr
+    rows = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert len(rows) == 1 and len(rows[0]["test_coco_eval_bbox"]) == 12
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
+    assert checkpoint["args"].num_classes == 6 and not any(k.startswith("module.") for k in checkpoint["model"])
