@@ -213,3 +213,15 @@ def test_official_model_metadata():
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/detr/") and spec.url.endswith(".pth")
         assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush" and len(spec.categories) == 80
     assert hub.OFFICIAL_MODELS["detr_resnet101_dc5"].dilation and not hub.OFFICIAL_MODELS["detr_resnet101"].dilation
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_dc5_halves_the_stride_without_changing_weights(name):
+    plain, _, _ = build_model(DETRConfig(**{**TINY, "backbone": name}))
+    dc5, _, _ = build_model(DETRConfig(**{**TINY, "backbone": name}, dilation=True))
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dc5.state_dict().items()}
+    images = nested_tensor_from_tensor_list([torch.rand(3, 128, 96)])
+    assert dc5.backbone(images)[0][-1].tensors.shape[-2:] == (8, 6)
+    assert plain.backbone(images)[0][-1].tensors.shape[-2:] == (4, 3)
+    last = dc5.backbone[0].body.layer4[-1]
+    assert all(c.dilation == (2, 2) for c in last.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size == (3, 3))

@@ -37,6 +37,22 @@ def _group_norm(num_channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(GROUP_NORM_GROUPS, num_channels), num_channels)
 
 
+def _dilate_basic_layer4(body: nn.Module) -> None:
+    """DC5 for BasicBlock ResNets (torchvision supports it only for Bottleneck ones).
+
+    Same rule as torchvision's ``replace_stride_with_dilation``: layer4 keeps stride 1, its first
+    block uses dilation 1, later blocks dilation 2 (padding 2). Weights are unchanged.
+    """
+    first, *rest = body.layer4
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    for block in rest:
+        for conv in (block.conv1, block.conv2):
+            conv.dilation = (2, 2)
+            conv.padding = (2, 2)
+
+
 class Backbone(nn.Module):
     """A torchvision ResNet without its classifier, returning the last (or all four) stages.
 
@@ -57,9 +73,12 @@ class Backbone(nn.Module):
         super().__init__()
         if name not in RESNETS:
             raise ValueError(f"--backbone: unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+        basic = name in ("resnet18", "resnet34")
         body = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=_norm_layer(norm)
+            weights=None, replace_stride_with_dilation=[False, False, dilation and not basic], norm_layer=_norm_layer(norm)
         )
+        if dilation and basic:
+            _dilate_basic_layer4(body)
         trainable_stages = ("layer1", "layer2", "layer3", "layer4") if train_all_layers else ("layer2", "layer3", "layer4")
         for param_name, parameter in body.named_parameters():
             stage_trainable = train_all_layers or any(stage in param_name for stage in trainable_stages)
