@@ -43,6 +43,7 @@ from torchdetr.engine.train import (  # noqa: E402
     build_optimizer,
     make_loaders,
     seed_everything,
+    to_float,
 )
 from torchdetr.models.build import build_model  # noqa: E402
 from torchdetr.training import ModelEMA, build_training_model  # noqa: E402
@@ -121,6 +122,8 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
     base_ds = get_coco_api(dataset_val)
     cfg = cfg.replace(num_classes=max(base_ds.getCatIds()) + 1)
     model, criterion, postprocessors = build_model(cfg)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     training = build_training_model(model, criterion, cfg)
     train_module, train_criterion = training if training is not None else (model, criterion)
     loader_train, loader_val = make_loaders(dataset_train, dataset_val, cfg)
@@ -139,14 +142,15 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
     while not done:
         for samples, targets in loader_train:
             train_module.train()
-            samples, targets = _to_device(samples, targets, device)
+            samples, targets = _to_device(samples, targets, device, cfg.channels_last)
             with autocast_context(device, cfg.amp):
-                if training is not None:
-                    outputs, groups, dn, layout = train_module(samples, targets)
-                    loss_dict = train_criterion(outputs, groups, dn, targets, layout)
-                else:
-                    loss_dict = train_criterion(train_module(samples), targets)
-                loss = train_criterion.weighted_total(loss_dict)
+                predictions = train_module(samples, targets) if training is not None else train_module(samples)
+            predictions = to_float(predictions)
+            if training is not None:
+                loss_dict = train_criterion(*predictions[:3], targets, predictions[3])
+            else:
+                loss_dict = train_criterion(predictions, targets)
+            loss = train_criterion.weighted_total(loss_dict)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_max_norm > 0:
@@ -158,7 +162,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
                 ema.update(model)
             iterations += 1
             if iterations % 100 == 0:
-                logging.info("%s: it %d, %.1f min, loss %.3f", name, iterations, clock.minutes(), float(loss))
+                logging.info("%s: it %d, %.1f min, loss %.3f", name, iterations, clock.minutes(), float(loss.detach()))
             if clock.minutes() >= checkpoints[0]:
                 clock.stop()
                 eval_model = ema.module if ema is not None else model
@@ -166,7 +170,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
                                   print_tables=False)
                 point = {"minutes": checkpoints[0], "iterations": iterations, "cpu_minutes": clock.cpu / 60,
                          "wall_minutes": clock.wall / 60, "AP": result.ap, "AP50": result.ap50,
-                         "it_per_s": iterations / clock.cpu, "train_loss": float(loss)}
+                         "it_per_s": iterations / clock.cpu, "train_loss": float(loss.detach())}
                 logging.info("%s @ %.0f min: AP %.3f AP50 %.3f (%d it, %.2f it/s)", name, checkpoints[0], result.ap,
                              result.ap50, iterations, point["it_per_s"])
                 row["points"].append(point)

@@ -117,6 +117,7 @@ class DETRConfig:
         "", "checkpoint (path/URL/official name) whose weights start the training (fine-tuning)", "run"
     )
     amp: str = _opt("none", "mixed precision: none, bf16 or fp16", "run", choices=("none", "bf16", "fp16"))
+    channels_last: bool = _opt(False, "channels-last memory format for the backbone (faster convolutions on CPU)", "run")
     eval_every: int = _opt(1, "evaluate every N epochs (and after the last one)", "run")
     time_budget: float = _opt(0.0, "stop training after this many minutes (0 = no limit), then evaluate", "run")
     skip_data_check: bool = _opt(False, "do not check the dataset for problems before training", "run")

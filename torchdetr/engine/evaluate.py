@@ -58,7 +58,7 @@ def evaluate(
     ``output_dir/detections_bbox.json`` (COCO results) when ``output_dir`` is set.
     """
     from .coco_eval import CocoEvaluator, format_per_class_table, format_stats_table
-    from .train import LossAverager, _is_interactive, _to_device, autocast_context
+    from .train import LossAverager, _is_interactive, _to_device, autocast_context, to_float
 
     model.eval()
     criterion.eval()
@@ -68,11 +68,11 @@ def evaluate(
     bar = tqdm(data_loader, desc="eval", disable=not _is_interactive() or not du.is_main_process(), leave=False,
                dynamic_ncols=True)
     for samples, targets in bar:
-        samples, targets = _to_device(samples, targets, device)
+        samples, targets = _to_device(samples, targets, device, cfg.channels_last)
         with autocast_context(device, cfg.amp):
             outputs = model(samples)
-            loss_dict = criterion(outputs, targets)
-        outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
+        outputs = to_float(outputs)
+        loss_dict = criterion(outputs, targets)
         averager.update(loss_dict, float(criterion.weighted_total(loss_dict)))
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
         results = postprocessors["bbox"](outputs, orig_target_sizes)

@@ -109,6 +109,17 @@ def autocast_context(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_float(obj: Any) -> Any:
+    """Floating tensors in nested dicts/lists/tuples → float32 (model outputs under autocast)."""
+    if torch.is_tensor(obj):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: to_float(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_float(v) for v in obj)
+    return obj
+
+
 def make_loaders(dataset_train: Dataset | None, dataset_val: Dataset, cfg: DETRConfig) -> tuple[DataLoader | None, DataLoader]:
     """Train loader (shuffled, drop_last) and val loader (sequential), distributed-aware."""
     generator = torch.Generator()
@@ -158,8 +169,10 @@ class LossAverager:
         return du.all_reduce_mean(local, device)
 
 
-def _to_device(samples, targets, device: torch.device):
+def _to_device(samples, targets, device: torch.device, channels_last: bool = False):
     samples = samples.to(device, non_blocking=True)
+    if channels_last:
+        samples.tensors = samples.tensors.contiguous(memory_format=torch.channels_last)
     targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
     return samples, targets
 
@@ -202,15 +215,17 @@ def train_one_epoch(
     iterations = 0
     start = time.monotonic()
     for samples, targets in bar:
-        samples, targets = _to_device(samples, targets, device)
+        samples, targets = _to_device(samples, targets, device, cfg.channels_last)
         try:
             with autocast_context(device, cfg.amp):
-                if with_training_queries:
-                    outputs, group_outputs, dn_outputs, layout = model(samples, targets)
-                    loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
-                else:
-                    loss_dict = criterion(model(samples), targets)
-                losses = criterion.weighted_total(loss_dict)
+                predictions = model(samples, targets) if with_training_queries else model(samples)
+            predictions = to_float(predictions)  # losses and matching always in float32
+            if with_training_queries:
+                outputs, group_outputs, dn_outputs, layout = predictions
+                loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
+            else:
+                loss_dict = criterion(predictions, targets)
+            losses = criterion.weighted_total(loss_dict)
         except FloatingPointError as err:  # the matcher refuses non-finite predictions
             raise TrainingDiverged(f"{err} at epoch {epoch}, iteration {iterations}") from None
         loss_value = float(losses.detach())
@@ -366,6 +381,8 @@ def train(
              "start: %s", cfg.backbone, cfg.resolved_backbone_norm, cfg.enc_layers, cfg.dec_layers, cfg.hidden_dim,
              cfg.num_queries, cfg.num_classes, f"{n_parameters:,}", start)
 
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     training = build_training_model(model, criterion, cfg)
     train_module, train_criterion = training if training is not None else (model, criterion)
