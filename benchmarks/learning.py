@@ -187,7 +187,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
     return row
 
 
-def write_markdown(results: list[dict[str, Any]], machine: str) -> None:
+def write_markdown(results: list[dict[str, Any]], machine: str, path: Path) -> None:
     lines = [
         "# Learning benchmark: AP against CPU training time, from scratch",
         "",
@@ -210,7 +210,7 @@ def write_markdown(results: list[dict[str, Any]], machine: str) -> None:
         speed = r["points"][-1]["it_per_s"] if r["points"] else float("nan")
         techniques = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
         lines.append(f"| {r['dataset']} | {r['row']} | {techniques} | {speed:.2f} | " + " | ".join(cells) + " |")
-    (RESULTS / "learning.md").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -233,7 +233,7 @@ def main() -> None:
         row["date"] = time.strftime("%Y-%m-%d %H:%M")
         results = [r for r in results if not (r["row"] == name and r["dataset"] == args.dataset)] + [row]
         out.write_text(json.dumps(results, indent=1))
-        write_markdown(results, machine)
+        write_markdown(results, machine, out.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures.
+
+Directories are walked (recursively) for image files; files that cannot be read are reported and
+skipped. Image ids are 1, 2, … in the listed order, or taken from a COCO annotation file
+(``--annotations``) by file name, so that the JSON can be evaluated against that dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+PICTURE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # kept for rendered pictures; others become .png
+JPEG_QUALITY = 90
+PREDICTIONS_FILE = "predictions.json"
+PICTURES_DIR = "images"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An input image: its path and its name relative to the input it was found under."""
+
+    path: Path
+    name: str
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="detect objects in images: predictions.json + pictures with boxes",
+        description="Detect objects in images: predictions.json (COCO results format, with file_name) and one "
+                    "picture per image with boxes, class names and scores. Folders are searched recursively; "
+                    "unreadable files are reported and skipped.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and/or folders of images")
+    p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
+    p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of "
+                   "--model; class names and image size come from the file")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for predictions.json and images/")
+    p.add_argument("--threshold", type=float, default=0.7,
+                   help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
+    p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--annotations", metavar="COCO_JSON",
+                   help="COCO annotation file whose image ids (matched by file name) the JSON should use")
+    p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
+    p.add_argument("--max_size", type=int, help="longest side the model sees (default: the model's)")
+    p.add_argument("--no_render", action="store_true", help="write predictions.json only, no pictures")
+    p.set_defaults(func=run)
+
+
+def find_images(inputs: Iterable[str | Path]) -> list[ImageFile]:
+    """Files as given (any suffix) and image files under folders (recursively, sorted); missing → error."""
+    found: list[ImageFile] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                log.warning("%s: no image files found (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+            found.extend(ImageFile(p, p.relative_to(path).as_posix()) for p in files)
+        elif path.is_file():
+            found.append(ImageFile(path, path.name))
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    return found
+
+
+def image_ids_from_annotations(path: str | Path) -> dict[str, int]:
+    """``{file_name: id}`` of a COCO annotation file, also keyed by base name when that is unambiguous."""
+    path = Path(path)
+    try:
+        images = json.loads(path.read_text())["images"]
+        by_name = {str(im["file_name"]): int(im["id"]) for im in images}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--annotations: file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as err:  # ValueError covers JSON and UTF-8 decoding errors
+        reason = "no 'images' list" if isinstance(err, (KeyError, TypeError)) else "not JSON"
+        raise ValueError(f"--annotations: {path} is not a COCO annotation file ({reason})") from None
+    base_names: dict[str, list[int]] = {}
+    for name, image_id in by_name.items():
+        base_names.setdefault(Path(name).name, []).append(image_id)
+    by_base = {name: ids[0] for name, ids in base_names.items() if len(ids) == 1}
+    return by_base | by_name
+
+
+def assign_image_ids(files: Sequence[ImageFile], annotations: str | Path | None) -> list[int | None]:
+    """Ids 1..N in order, or the annotation file's ids (None for files it does not list)."""
+    if annotations is None:
+        return list(range(1, len(files) + 1))
+    ids = image_ids_from_annotations(annotations)
+    resolved = [ids.get(f.name, ids.get(f.path.name)) for f in files]
+    missing = [f.name for f, i in zip(files, resolved) if i is None]
+    if missing:
+        log.warning("%d image(s) are not in %s and are left out of %s: %s", len(missing), annotations,
+                    PREDICTIONS_FILE, ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
+    return resolved
+
+
+def picture_name(name: str, used: set[str]) -> str:
+    """Output picture name for an input name: same relative path, a JPEG/PNG suffix, made unique."""
+    path = Path(name)
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        path = path.with_suffix(".png")
+    candidate, counter = path.as_posix(), 1
+    while candidate in used:
+        counter += 1
+        candidate = path.with_stem(f"{path.stem}_{counter}").as_posix()
+    used.add(candidate)
+    return candidate
+
+
+def coco_results(detections, image_id: int, file_name: str) -> list[dict]:
+    """Detections of one image → COCO results entries (bbox as [x, y, width, height] pixels)."""
+    return [
+        {
+            "image_id": image_id,
+            "file_name": file_name,
+            "category_id": d.label,
+            "bbox": [round(d.box[0], 2), round(d.box[1], 2), round(d.box[2] - d.box[0], 2), round(d.box[3] - d.box[1], 2)],
+            "score": round(d.score, 5),
+        }
+        for d in detections
+    ]
+
+
+def _load_detector(args: argparse.Namespace):
+    from ..predict import Detector
+
+    if bool(args.model) == bool(args.onnx):
+        raise UserError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
+    options = dict(threshold=args.threshold, image_size=args.image_size, max_size=args.max_size,
+                   batch_size=args.batch_size)
+    try:
+        if args.onnx:
+            return Detector.from_onnx(args.onnx, device=args.device, **options)
+        return Detector.from_pretrained(args.model, device=args.device, **options)
+    except ConnectionError as err:
+        raise UserError(str(err)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..predict import to_pil_image
+    from ..viz.draw import draw_detections
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    if not 0 <= args.threshold < 1:
+        raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+    files = find_images(args.inputs)
+    if not files:
+        raise UserError(f"no images found in {', '.join(args.inputs)}")
+    image_ids = assign_image_ids(files, args.annotations)
+    detector = _load_detector(args)
+    output = Path(args.output)
+    pictures = output / PICTURES_DIR
+    pictures.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict] = []
+    skipped: list[str] = []
+    used_names: set[str] = set()
+    num_detections = num_images = 0
+    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
+    for start in range(0, len(files), args.batch_size):
+        chunk, images = [], []
+        for index in range(start, min(start + args.batch_size, len(files))):
+            try:
+                images.append(to_pil_image(files[index].path))
+                chunk.append(index)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append(files[index].name)
+                progress.write(f"skipped: {err}")
+        if images:
+            for index, image, detections in zip(chunk, images, detector.detect(images)):
+                num_images += 1
+                num_detections += len(detections)
+                if image_ids[index] is not None:
+                    results.extend(coco_results(detections, image_ids[index], files[index].name))
+                if not args.no_render:
+                    target = pictures / picture_name(files[index].name, used_names)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    draw_detections(image, detections).save(target, quality=JPEG_QUALITY)
+        progress.update(min(args.batch_size, len(files) - start))
+    progress.close()
+
+    predictions = output / PREDICTIONS_FILE
+    predictions.write_text(json.dumps(results))
+    print(f"{num_images} image(s), {num_detections} detection(s) above {args.threshold:g} → {predictions}"
+          + ("" if args.no_render else f"; pictures in {pictures}"))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")
+    return 0 if num_images else 1

@@ -1,0 +1,360 @@
+"""One-line inference: ``Detector.from_pretrained(name_or_path).predict(images)``.
+
+Pre-processing is the original validation recipe (shortest side ``image_size``, longest at most
+``max_size``, ImageNet normalisation); images of different sizes are padded into one batch
+(``NestedTensor``). Detections are the queries whose most likely real class (the softmax without
+"no object", as in the original notebook) has a probability above ``threshold``.
+
+Padding changes DETR's outputs slightly (the backbone's normalisation makes the padded border
+non-zero, and that leaks a few pixels into the valid region), so an image predicted alone and the
+same image in a batch with larger images give detections that agree closely but not bit for bit —
+the original has the same property. Use ``batch_size=1`` where exact reproducibility matters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .config import DETRConfig
+from .data.batching import NestedTensor, nested_tensor_from_tensor_list
+from .models.postprocess import PostProcess
+
+if TYPE_CHECKING:
+    from .viz.attention import AttentionMaps
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
+"""A path, a PIL image, an [H, W, 3] / [H, W] numpy array or a [3, H, W] / [H, W] tensor (RGB).
+
+Arrays and tensors are uint8 in 0..255 or float in [0, 1]."""
+
+DEFAULT_THRESHOLD = 0.7  # the original notebook's
+ORIGINAL_SIZE, ORIGINAL_MAX_SIZE = 800, 1333  # the original validation resize (shorter side, longer-side cap)
+DEFAULT_BATCH_SIZE = 4
+ModelRunner = Callable[[NestedTensor], Mapping[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: ``box`` (x1, y1, x2, y2) in pixels of the input image, ``score`` in
+    [0, 1], class id ``label`` (the model's category id) and its ``name``; ``query`` is the index
+    of the object query that produced it (row of the decoder attention maps)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    label: int
+    name: str
+    query: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return asdict(self) | {"box": list(self.box)}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None → CUDA when available, else CPU; anything else as given (checked)."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: {device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} requested but CUDA is not available here")
+    return resolved
+
+
+def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
+    """Float [0, 1] or uint8 image array [H, W] / [H, W, C] → uint8 [H, W, 3]."""
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected an RGB image of shape [H, W, 3] (or [H, W]), got {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array[:, :, :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
+            raise ValueError(
+                f"{what}: float images must hold RGB values in [0, 1] (got {np.nanmin(array):.3g}..{np.nanmax(array):.3g}); "
+                "pass un-normalised images: the detector normalises them itself"
+            )
+        return np.round(np.nan_to_num(array) * 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) and array.size and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    raise ValueError(f"{what}: unsupported image dtype {array.dtype} (use uint8 0..255 or float 0..1)")
+
+
+def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
+    """Any accepted input → RGB PIL image; every input type goes through the same uint8 pixels.
+
+    Tensors are channels-first [3, H, W] (or [H, W]); numpy arrays are channels-last [H, W, 3]
+    (or [H, W]). EXIF orientation is not applied (as in COCO and the original).
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                return opened.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{path}: not a readable image ({err})") from None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
+            tensor = tensor.permute(1, 2, 0)
+        elif tensor.dim() != 2:
+            raise ValueError(f"{what}: expected a [3, H, W] image tensor, got shape {tuple(image.shape)}")
+        return Image.fromarray(_uint8_hwc(tensor.numpy(), what))
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_uint8_hwc(image, what))
+    raise TypeError(f"{what}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
+def default_max_size(image_size: int) -> int:
+    """Longer-side cap for a shorter side of ``image_size``: the original 1333 scaled by ``image_size / 800``."""
+    return round(ORIGINAL_MAX_SIZE * image_size / ORIGINAL_SIZE)
+
+
+def _validation_size(cfg: DETRConfig) -> tuple[int, int | None]:
+    """(shorter side, longer-side cap) of the validation resize the model was trained with."""
+    if cfg.dataset_file == "synthetic":
+        from .data.build import synthetic_image_size
+
+        size = synthetic_image_size(cfg)
+        return size, cfg.max_size if cfg.max_size is not None else default_max_size(size)
+    return cfg.image_size, cfg.resolved_max_size
+
+
+class Detector:
+    """A detection model with its pre- and post-processing.
+
+    ``model`` maps a NestedTensor (images [B, 3, H, W], mask [B, H, W]) to ``pred_logits``
+    [B, Q, K+1] and ``pred_boxes`` [B, Q, 4]: a DETR/DETRsegm module, or any callable with that
+    contract (e.g. an ONNX runner; attention maps then are unavailable).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | ModelRunner,
+        category_names: Mapping[int, str] | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        image_size: int = 800,
+        max_size: int | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.category_names = dict(category_names or {})
+        self.threshold = threshold
+        self.image_size = image_size
+        self.max_size = max_size if max_size is not None else default_max_size(image_size)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self._transform: Callable | None = None
+        self._postprocess = PostProcess()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        device: str | torch.device | None = "auto",
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        image_size: int | None = None,
+        max_size: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Detector:
+        """Official model name (``detr_resnet50``, … downloaded once) or a checkpoint file (ours or the original's).
+
+        ``image_size``/``max_size`` default to the checkpoint's training options (800/1333 for
+        the official models).
+        """
+        from .model_loading import load_model
+
+        resolved = resolve_device(device)
+        try:
+            loaded = load_model(name_or_path, device=resolved)
+        except URLError as err:
+            raise ConnectionError(
+                f"{name_or_path}: could not download the weights ({err.reason}); download the checkpoint "
+                "where there is network access and pass its file path instead"
+            ) from None
+        trained_size, trained_max_size = _validation_size(loaded.config)
+        return cls(
+            loaded.model,
+            loaded.category_names,
+            threshold=threshold,
+            image_size=image_size or trained_size,
+            max_size=max_size if max_size is not None else (trained_max_size if image_size is None else None),
+            device=resolved,
+            batch_size=batch_size,
+        )
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = "auto",
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        image_size: int | None = None,
+        max_size: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Detector:
+        """A model exported by ``detr export`` (ONNX), run with onnxruntime.
+
+        Class names and the image size come from the file's metadata (``torchdetr.category_names``,
+        ``torchdetr.config``); without them, names are the class ids and the size is 800/1333.
+        ``device``: ``cpu`` runs on onnxruntime's CPU provider, otherwise CUDA is used when available.
+        """
+        from .export import OnnxRunner
+
+        resolved = resolve_device(device)
+        providers = ["CPUExecutionProvider"] if resolved.type == "cpu" else None
+        runner = OnnxRunner(path, providers=providers)
+        try:
+            config = json.loads(runner.metadata.get("torchdetr.config", "{}"))
+        except json.JSONDecodeError:
+            log.warning("%s: unreadable torchdetr.config metadata; using image size 800", path)
+            config = {}
+        known = {k: v for k, v in config.items() if k in DETRConfig.__dataclass_fields__}
+        try:
+            stored_size, stored_max = _validation_size(DETRConfig(**known))
+        except (TypeError, ValueError):
+            stored_size, stored_max = DETRConfig().image_size, None
+        return cls(
+            runner,
+            runner.category_names,
+            threshold=threshold,
+            image_size=image_size or stored_size,
+            max_size=max_size if max_size is not None else (stored_max if image_size is None else None),
+            device="cpu",
+            batch_size=batch_size,
+        )
+
+    # ------------------------------------------------------------------ pre-processing
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """RGB PIL image → normalised [3, H', W'] tensor (resized as in the original validation)."""
+        if self._transform is None:
+            from .data.transforms import make_transforms
+
+            self._transform = make_transforms("val", self.image_size, self.max_size)
+        tensor, _ = self._transform(image, None)
+        return tensor
+
+    def batch(self, images: Sequence[Image.Image]) -> NestedTensor:
+        """PIL images → padded batch on the detector's device (tensors [B, 3, H, W], mask [B, H, W])."""
+        return nested_tensor_from_tensor_list([self.preprocess(im) for im in images]).to(self.device)
+
+    # ------------------------------------------------------------------ prediction
+    @overload
+    def predict(self, images: ImageInput, threshold: float | None = ..., batch_size: int | None = ...) -> list[Detection]: ...
+
+    @overload
+    def predict(
+        self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...
+    ) -> list[list[Detection]]: ...
+
+    def predict(self, images, threshold=None, batch_size=None):
+        """Detect objects in one image (→ list of Detection) or a list of images (→ one list per image).
+
+        Detections are sorted by decreasing score; ``threshold`` (default: the detector's) keeps
+        queries whose best real-class probability exceeds it (0 keeps all Q queries).
+        """
+        single = not isinstance(images, (list, tuple))
+        items: Sequence[ImageInput] = [images] if single else images
+        batch_size = batch_size or self.batch_size
+        results: list[list[Detection]] = []
+        for start in range(0, len(items), batch_size):
+            chunk = [to_pil_image(im, f"image {start + i}") for i, im in enumerate(items[start:start + batch_size])]
+            results.extend(self.detect(chunk, threshold))
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[Image.Image], threshold: float | None = None) -> list[list[Detection]]:
+        """One forward pass over a batch of RGB PIL images (no internal splitting)."""
+        outputs = self.model(self.batch(images))
+        sizes = torch.tensor([(im.height, im.width) for im in images], device=outputs["pred_boxes"].device)
+        return self.detections_from_outputs(outputs, sizes, threshold)
+
+    def detections_from_outputs(
+        self, outputs: Mapping[str, Tensor], image_sizes: Tensor, threshold: float | None = None
+    ) -> list[list[Detection]]:
+        """``pred_logits`` [B, Q, K+1], ``pred_boxes`` [B, Q, 4], ``image_sizes`` [B, 2] (H, W) → detections."""
+        threshold = self.threshold if threshold is None else threshold
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        results = self._postprocess({"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
+                                    image_sizes)
+        detections = []
+        for result in results:
+            scores = result["scores"].float().cpu()
+            labels, boxes = result["labels"].cpu().tolist(), result["boxes"].float().cpu().tolist()
+            keep = torch.nonzero(scores > threshold).flatten()
+            order = keep[scores[keep].argsort(descending=True, stable=True)].tolist()
+            detections.append([
+                Detection(box=tuple(boxes[q]), score=float(scores[q]), label=labels[q],  # type: ignore[arg-type]
+                          name=self.category_names.get(labels[q], str(labels[q])), query=q)
+                for q in order
+            ])
+        return detections
+
+    # ------------------------------------------------------------------ attention
+    @torch.inference_mode()
+    def attention(self, image: ImageInput, threshold: float | None = None) -> AttentionMaps:
+        """Encoder self-attention and decoder cross-attention of the last layers for one image.
+
+        Returns ``AttentionMaps`` with ``encoder`` [h, w, h, w] (attention of each feature cell
+        over all cells), ``decoder`` [Q, h, w] (each query's attention over the feature grid, sums
+        to 1 over valid cells), both averaged over heads, and the image's detections. Captured
+        with forward hooks that are removed afterwards; the model is not changed.
+        """
+        from .viz.attention import AttentionMaps, capture_attention
+
+        if not isinstance(self.model, nn.Module):
+            raise ValueError("attention maps need a PyTorch model (this detector runs an exported model)")
+        pil = to_pil_image(image)
+        samples = self.batch([pil])
+        with capture_attention(self.model) as captured:
+            outputs = self.model(samples)
+        detections = self.detections_from_outputs(outputs, torch.tensor([[pil.height, pil.width]]), threshold)[0]
+        if captured.decoder is None:
+            raise RuntimeError(f"{type(self.model).__name__}: no decoder attention was captured")
+        h, w = captured.feature_size
+        encoder = None
+        if captured.encoder is not None:
+            encoder = captured.encoder[0].reshape(h, w, h, w).float().cpu()
+        decoder = captured.decoder[0].reshape(-1, h, w).float().cpu()
+        valid = ~captured.mask[0].cpu() if captured.mask is not None else torch.ones(h, w, dtype=torch.bool)
+        return AttentionMaps(
+            encoder=encoder,
+            decoder=decoder,
+            valid=valid,
+            input_size=tuple(samples.tensors.shape[-2:]),  # type: ignore[arg-type]
+            image_size=(pil.height, pil.width),
+            detections=detections,
+        )
+
