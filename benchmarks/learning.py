@@ -71,8 +71,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "schedule": dict(backbone_norm="batch", lr_backbone=1e-4, lr=2e-4, warmup_iters=200, ema=True),
     "dc5": dict(backbone_norm="batch", lr_backbone=1e-4, dilation=True),
     # the best combination found
+    "amp": dict(backbone_norm="batch", lr_backbone=1e-4, amp="bf16", channels_last=True),
     "best": dict(backbone_norm="batch", lr_backbone=2e-4, lr=2e-4, warmup_iters=200, num_groups=5, dn_groups=5,
-                 cls_loss="focal", set_cost_class=2, dilation=True, ema=True),
+                 cls_loss="focal", set_cost_class=2, dilation=True, ema=True, amp="bf16", channels_last=True),
 }
 
 BCCD = ROOT.parent / "shared" / "data" / "bccd"
@@ -216,6 +217,8 @@ def write_markdown(results: list[dict[str, Any]], machine: str, path: Path) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--try", dest="try_row", metavar="JSON",
+                        help='run one ad-hoc row instead, e.g. \'{"name": "x", "lr": 3e-4}\' (exploration)')
     parser.add_argument("--minutes", nargs="+", type=float, default=[5, 10, 20])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dataset", default="synthetic", choices=("synthetic", "bccd"))
@@ -227,8 +230,14 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
     machine = machine_description()
+    rows = dict(ROWS)
+    if args.try_row:
+        extra = json.loads(args.try_row)
+        name = extra.pop("name", "try")
+        rows = {name: extra}
+        args.rows = [name]
     for name in args.rows:
-        row = run_row(name, ROWS[name], args.minutes, args.threads, args.dataset)
+        row = run_row(name, rows[name], args.minutes, args.threads, args.dataset)
         row["machine"] = machine
         row["date"] = time.strftime("%Y-%m-%d %H:%M")
         results = [r for r in results if not (r["row"] == name and r["dataset"] == args.dataset)] + [row]

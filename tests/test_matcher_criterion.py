@@ -176,3 +176,15 @@ def test_load_errors_are_clear(tmp_path):
     partial = {k: v for k, v in model.state_dict().items() if "query_embed" not in k}
     with pytest.raises(ValueError, match="missing"):
         load_model_state(model, partial)
+
+
+def test_download_failure_is_one_clear_error(monkeypatch, tmp_path):
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ConnectionError, match=r"could not download .*detr-r50-e632da11\.pth.*no network"):
+        load_checkpoint("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth")

@@ -8,6 +8,7 @@ import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +42,16 @@ def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = 
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             if _is_url(source):
-                checkpoint = torch.hub.load_state_dict_from_url(
-                    source, map_location=map_location, check_hash=True, weights_only=True
-                )
+                try:
+                    checkpoint = torch.hub.load_state_dict_from_url(
+                        source, map_location=map_location, check_hash=True, weights_only=True
+                    )
+                except URLError as err:
+                    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(source).name
+                    raise ConnectionError(
+                        f"could not download {source} ({err.reason}). Offline? Download it where there is network "
+                        f"access and pass the file's path instead, or copy it to {cache}"
+                    ) from None
             else:
                 if not Path(source).is_file():
                     raise FileNotFoundError(f"checkpoint not found: {source}")

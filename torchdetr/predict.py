@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
-from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -195,13 +194,7 @@ class Detector:
         from .model_loading import load_model
 
         resolved = resolve_device(device)
-        try:
-            loaded = load_model(name_or_path, device=resolved)
-        except URLError as err:
-            raise ConnectionError(
-                f"{name_or_path}: could not download the weights ({err.reason}); download the checkpoint "
-                "where there is network access and pass its file path instead"
-            ) from None
+        loaded = load_model(name_or_path, device=resolved)  # download failures: ConnectionError with advice
         trained_size, trained_max_size = _validation_size(loaded.config)
         return cls(
             loaded.model,

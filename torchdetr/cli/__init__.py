@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except (UserError, FileNotFoundError, ValueError, KeyError, NotADirectoryError, PermissionError,
-            ModuleNotFoundError) as err:
+            ModuleNotFoundError, ConnectionError) as err:
         if args.verbose:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
