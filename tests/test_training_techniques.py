@@ -80,8 +80,8 @@ def test_denoising_copy_does_not_see_other_copies():
     captured = {}
     original = queries.noised_queries
 
-    def fixed_noise(targets, device):
-        tgt, pos, pad, valid = original(targets, device)
+    def fixed_noise(model, targets, device):
+        tgt, pos, pad, valid = original(model, targets, device)
         if "first" not in captured:
             captured["first"] = (tgt.clone(), pos.clone())
         else:
@@ -184,3 +184,52 @@ def test_ema_tracks_the_average():
 def test_techniques_refuse_masks():
     with pytest.raises(ValueError, match="--masks"):
         build(masks=True, hidden_dim=128, nheads=8, num_groups=2)
+
+
+# ------------------------------------------------------------------ anchor-query variant (DAB-DETR style)
+def test_dab_variant_starts_from_its_anchors_and_refines_per_layer():
+    _, model, _, _, _ = build(variant="dab")
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 64)])
+    anchors = model.query_embed.weight.sigmoid()
+    torch.testing.assert_close(out["pred_boxes"][0], anchors, rtol=0, atol=1e-6)  # zero-initialised corrections
+    torch.testing.assert_close(out["aux_outputs"][0]["pred_boxes"][0], anchors, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        model.bbox_embed.layers[-1].bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.0]))
+        out = model([torch.rand(3, 64, 64)])
+    # each of the 2 layers adds 0.5 to the x logit of its input box: two steps after the anchor
+    expected_x = torch.sigmoid(torch.logit(anchors[:, 0]) + 1.0)
+    torch.testing.assert_close(out["pred_boxes"][0, :, 0], expected_x, rtol=0, atol=1e-5)
+
+
+def test_dab_denoising_queries_start_at_the_noised_boxes_and_primary_is_isolated():
+    _, model, _, _, (train_model, _) = build(variant="dab", dn_groups=2, num_groups=2)
+    model.eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    captured = {}
+    original = train_model.queries.noised_queries
+
+    def spy(m, targets, device):
+        result = original(m, targets, device)
+        captured["anchors"] = result[1]
+        return result
+
+    train_model.queries.noised_queries = spy
+    with torch.no_grad():
+        plain = model(images)
+        outputs, _, dn, layout = train_model(images, targets_batch())
+    torch.testing.assert_close(outputs["pred_boxes"], plain["pred_boxes"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(outputs["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
+    noised = captured["anchors"].transpose(0, 1).sigmoid()  # [B, D, 4]
+    torch.testing.assert_close(dn["pred_boxes"], noised, rtol=0, atol=1e-5)
+
+
+def test_dab_checkpoint_loads_with_the_right_variant(tmp_path):
+    from torchdetr.model_loading import load_model
+
+    cfg, model, _, _, _ = build(variant="dab")
+    torch.save({"model": model.state_dict()}, tmp_path / "dab.pth")  # no args: inferred from the weights
+    loaded = load_model(tmp_path / "dab.pth")
+    assert loaded.config.variant == "dab" and loaded.config.hidden_dim == cfg.hidden_dim
+    assert type(loaded.model).__name__ == "AnchorDETR"

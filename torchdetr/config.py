@@ -124,6 +124,9 @@ class DETRConfig:
     print_freq: int = _opt(50, "log a progress line every N iterations when not on a terminal", "run")
 
     # --- training techniques for fast convergence (opt-in; defaults = the original) ---
+    variant: str = _opt(
+        "detr", "model: detr (the original) or dab (anchor-box queries refined layer by layer, DAB-DETR style; "
+        "faster to train, its own checkpoint layout)", "techniques", choices=("detr", "dab"))
     cls_loss: str = _opt(
         "ce", "classification loss: ce (softmax + eos_coef, the original) or focal (sigmoid focal loss)", "techniques",
         choices=("ce", "focal"),
@@ -135,6 +138,9 @@ class DETRConfig:
                           "techniques")
     dn_box_noise: float = _opt(0.4, "denoising: box jitter, as a fraction of the box size", "techniques")
     dn_label_noise: float = _opt(0.2, "denoising: probability of flipping a query's label", "techniques")
+    train_recipe: str = _opt(
+        "original", "training augmentation: original (flip, multi-scale, random crop) or small (flip, scales "
+        "0.75-1.25 × image_size, no crop: for small images and short runs)", "techniques", choices=("original", "small"))
     lr_schedule: str = _opt("step", "learning-rate schedule: step (÷10 at --lr_drop) or cosine", "techniques",
                             choices=("step", "cosine"))
     warmup_iters: int = _opt(0, "linear learning-rate warm-up iterations (0 = none)", "techniques")
@@ -198,6 +204,8 @@ class DETRConfig:
                 f"--masks needs --hidden_dim divisible by 128 and hidden_dim + nheads divisible by 8 (the mask head's "
                 f"GroupNorm(8) layers), got hidden_dim {self.hidden_dim}, nheads {self.nheads}"
             )
+        if self.variant != "detr" and self.masks:
+            raise ValueError(f"--variant {self.variant} is for detection; --masks needs --variant detr")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_FIELDS = (
     "backbone", "dilation", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
     "dropout", "nheads", "num_queries", "pre_norm", "masks", "aux_loss", "num_classes", "backbone_norm",
-    "backbone_weights", "cls_loss",
+    "backbone_weights", "cls_loss", "variant",
 )
 
 
@@ -78,7 +78,8 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     return {
         "backbone": resnet,
         "masks": masks,
-        "hidden_dim": int(query.shape[1]),
+        "hidden_dim": int(get("input_proj.weight").shape[0]),
+        "variant": "dab" if f"{prefix}ref_point_head.layers.0.weight" in state_dict else "detr",
         "num_queries": int(query.shape[0]),
         "num_classes": infer_num_classes(state_dict),
         "enc_layers": enc_layers,

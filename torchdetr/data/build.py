@@ -36,7 +36,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
         if not cfg.coco_path:
             raise ValueError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
         img_folder, ann_file = resolve_coco_layout(cfg.coco_path, image_set)
-        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size)
+        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe)
         return CocoDetection(img_folder, ann_file, transforms=transforms, return_masks=cfg.masks)
     if cfg.dataset_file == "synthetic":
         image_size = synthetic_image_size(cfg)
@@ -44,7 +44,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
             cfg.num_train if image_set == "train" else cfg.num_val,
             seed=split_seed(cfg.seed, image_set),
             image_size=image_size,
-            transforms=make_transforms(image_set, image_size, cfg.max_size),
+            transforms=make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe),
             return_masks=cfg.masks,
         )
     raise ValueError(

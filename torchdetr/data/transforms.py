@@ -276,8 +276,11 @@ def _scaled(values: Sequence[int], factor: float) -> list[int]:
     return [max(1, round(v * factor)) for v in values]
 
 
+SMALL_RECIPE_SCALES: tuple[float, ...] = (0.75, 0.875, 1.0, 1.125, 1.25)  # × image_size
+
+
 def make_transforms(
-    image_set: str, image_size: int = REFERENCE_SIZE, max_size: int | None = None
+    image_set: str, image_size: int = REFERENCE_SIZE, max_size: int | None = None, recipe: str = "original"
 ) -> Callable[[Image, Target | None], tuple[Tensor, Target | None]]:
     """The original DETR transforms, with every size scaled by ``image_size / 800``.
 
@@ -285,6 +288,11 @@ def make_transforms(
       max_size) or RandomResize([400, 500, 600]) → RandomSizeCrop(384, 600) → RandomResize(scales,
       max_size); scales = 480, 512, …, 800.
     - ``"val"`` (and ``"test"``): RandomResize([image_size], max_size).
+
+    ``recipe="small"`` replaces the training recipe by one suited to small images and short training:
+    RandomHorizontalFlip, then RandomResize to ``image_size`` × (0.75, 0.875, 1, 1.125, 1.25) — scales
+    centred on the validation size (the scaled original recipe trains mostly below it) and no crop
+    (objects are never cut). Validation is the same for both recipes.
 
     ``max_size`` defaults to ``round(1333 * image_size / 800)``. The returned callable maps
     ``(image, target | None)`` to ``(image [3, H, W] float32 ImageNet-normalised, target | None)``;
@@ -295,7 +303,12 @@ def make_transforms(
     factor = image_size / REFERENCE_SIZE
     if max_size is None:
         max_size = round(REFERENCE_MAX_SIZE * factor)
-    if image_set == "train":
+    if recipe not in ("original", "small"):
+        raise ValueError(f"--train_recipe: unknown recipe {recipe!r} (original or small)")
+    if image_set == "train" and recipe == "small":
+        scales = sorted({max(1, round(image_size * f)) for f in SMALL_RECIPE_SCALES})
+        geometric = v2.Compose([v2.RandomHorizontalFlip(), RandomResize(scales, max_size=max_size)])
+    elif image_set == "train":
         scales = _scaled(TRAIN_SCALES, factor)
         crop_min, crop_max = _scaled((CROP_MIN_SIZE, CROP_MAX_SIZE), factor)
         geometric = v2.Compose([

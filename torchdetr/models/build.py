@@ -8,6 +8,7 @@ import math
 from torch import nn
 
 from ..config import DETRConfig
+from .anchor_detr import AnchorDETR
 from .backbone import build_backbone
 from .criterion import SetCriterion, default_weight_dict
 from .detr import DETR
@@ -49,8 +50,9 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
         dec_layers=cfg.dec_layers,
         pre_norm=cfg.pre_norm,
     )
-    model: DETR | DETRsegm = DETR(backbone, transformer, num_classes=cfg.num_classes,
-                                  num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    detector_class = AnchorDETR if cfg.variant == "dab" else DETR
+    model: DETR | DETRsegm = detector_class(backbone, transformer, num_classes=cfg.num_classes,
+                                            num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
     if cfg.cls_loss == "focal":
         # start every class at a 1 % sigmoid probability (focal-loss prior, as RetinaNet/Deformable DETR)
         nn.init.constant_(model.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.batching import NestedTensor, as_nested_tensor
 from .backbone import Joiner
+from .position_encoding import box_sine_encoding
 from .transformer import Transformer
 
 Outputs = dict[str, Tensor | list[dict[str, Tensor]]]
@@ -64,6 +66,19 @@ class DETR(nn.Module):
         """K: the class head has K+1 outputs."""
         return self.class_embed.out_features - 1
 
+    @property
+    def query_dim(self) -> int:
+        """Size of one query in ``forward_queries``: a position embedding of ``hidden_dim``."""
+        return self.query_embed.embedding_dim
+
+    def new_query_embedding(self, num: int) -> nn.Embedding:
+        """``num`` extra queries initialised like the model's own (for training-only query groups)."""
+        return nn.Embedding(num, self.query_dim)
+
+    def box_to_query(self, boxes: Tensor, box_pos: nn.Module | None) -> Tensor:
+        """Denoising queries' positions from (noised) boxes [..., 4]: ``box_pos`` MLP of their sine encoding."""
+        return box_pos(box_sine_encoding(boxes))
+
     def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
         samples = as_nested_tensor(samples)
         features, pos = self.backbone(samples)
@@ -71,14 +86,47 @@ class DETR(nn.Module):
         hs = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1])[0]
         return self.predict_from_decoder(hs)
 
+    def forward_queries(
+        self,
+        samples: NestedTensor | Tensor | Sequence[Tensor],
+        prefix_tgt: Tensor | None = None,
+        prefix_query: Tensor | None = None,
+        suffix_query: Tensor | None = None,
+        tgt_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode extra queries together with the model's own (training-only query groups/denoising).
+
+        Decoder queries are ``[prefix (P) | own (Q) | suffix (S)]``: ``prefix_tgt`` [P, B, C] content and
+        ``prefix_query`` [P, B, D] positions, ``suffix_query`` [S, D] positions (content zero), with
+        D = ``query_dim``; ``tgt_mask`` [N, N] (True = blocked) restricts their self-attention.
+        Returns ``(outputs_class [L, B, N, K+1], outputs_coord [L, B, N, 4])``.
+        """
+        samples = as_nested_tensor(samples)
+        features, pos = self.backbone(samples)
+        src, mask = features[-1].decompose()
+        batch = src.shape[0]
+        queries = self.query_embed.weight
+        if suffix_query is not None:
+            queries = torch.cat([queries, suffix_query], dim=0)
+        queries = queries.unsqueeze(1).repeat(1, batch, 1)
+        tgt = torch.zeros_like(queries)
+        if prefix_query is not None:
+            queries = torch.cat([prefix_query, queries], dim=0)
+            tgt = torch.cat([prefix_tgt, tgt], dim=0)
+        hs = self.transformer(self.input_proj(src), mask, queries, pos[-1], tgt=tgt, tgt_mask=tgt_mask)[0]
+        return self.class_embed(hs), self.bbox_embed(hs).sigmoid()
+
     def predict_from_decoder(self, hs: Tensor) -> Outputs:
         """Decoder states [L, B, Q, C] → the output dict (heads shared by all layers)."""
-        outputs_class = self.class_embed(hs)
-        outputs_coord = self.bbox_embed(hs).sigmoid()
-        out: Outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = aux_outputs(outputs_class, outputs_coord)
-        return out
+        return make_outputs(self.class_embed(hs), self.bbox_embed(hs).sigmoid(), self.aux_loss)
+
+
+def make_outputs(outputs_class: Tensor, outputs_coord: Tensor, aux_loss: bool) -> Outputs:
+    """Per-layer predictions [L, B, Q, *] → ``{"pred_logits", "pred_boxes"[, "aux_outputs"]}`` of the last layer."""
+    out: Outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+    if aux_loss:
+        out["aux_outputs"] = aux_outputs(outputs_class, outputs_coord)
+    return out
 
 
 def aux_outputs(outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]]:

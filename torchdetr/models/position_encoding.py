@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..data.batching import NestedTensor
 
 LEARNED_GRID_SIZE = 50  # rows/columns of the learned embedding tables (feature maps up to 50x50)
+BOX_SINE_TEMPERATURE = 10000
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -94,3 +95,12 @@ def build_position_encoding(hidden_dim: int, kind: str = "sine") -> nn.Module:
     if kind in ("learned", "v3"):
         return PositionEmbeddingLearned(num_pos_feats)
     raise ValueError(f"--position_embedding: unknown kind {kind!r} (sine or learned)")
+
+
+def box_sine_encoding(boxes: Tensor, feats: int = 32) -> Tensor:
+    """Normalised cxcywh boxes [..., 4] → sine/cosine features [..., 4 * feats] (2π-scaled, as DETR)."""
+    dim_t = torch.arange(feats, dtype=torch.float32, device=boxes.device)
+    dim_t = BOX_SINE_TEMPERATURE ** (2 * (dim_t // 2) / feats)
+    pos = boxes[..., None].float() * (2 * math.pi) / dim_t
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    return pos.flatten(-2)

@@ -24,7 +24,6 @@ dummy queries that get no loss).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +31,9 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..data.batching import NestedTensor, as_nested_tensor
-from ..models.detr import DETR, MLP
+from ..models.detr import DETR, MLP, make_outputs
 
 BOX_SINE_FEATS_PER_COORD = 32  # sine features per box coordinate fed to the box → position MLP
-BOX_SINE_TEMPERATURE = 10000
 
 
 @dataclass
@@ -55,15 +53,6 @@ class QueryLayout:
     def group_slice(self, g: int) -> slice:
         start = self.num_dn + g * self.num_queries
         return slice(start, start + self.num_queries)
-
-
-def box_sine_encoding(boxes: Tensor, feats: int = BOX_SINE_FEATS_PER_COORD) -> Tensor:
-    """Normalised cxcywh boxes [..., 4] → sine/cosine features [..., 4 * feats] (2π-scaled, as DETR)."""
-    dim_t = torch.arange(feats, dtype=torch.float32, device=boxes.device)
-    dim_t = BOX_SINE_TEMPERATURE ** (2 * (dim_t // 2) / feats)
-    pos = boxes[..., None].float() * (2 * math.pi) / dim_t
-    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
-    return pos.flatten(-2)
 
 
 def attention_mask(layout: QueryLayout, device: torch.device | None = None) -> Tensor:
@@ -90,9 +79,7 @@ class TrainingQueries(nn.Module):
 
     def __init__(
         self,
-        hidden_dim: int,
-        num_queries: int,
-        num_classes: int,
+        model: DETR,
         num_groups: int = 1,
         dn_groups: int = 0,
         dn_box_noise: float = 0.4,
@@ -103,26 +90,31 @@ class TrainingQueries(nn.Module):
             raise ValueError(f"--num_groups must be >= 1, got {num_groups}")
         if dn_groups < 0:
             raise ValueError(f"--dn_groups must be >= 0, got {dn_groups}")
+        hidden_dim = model.transformer.d_model
         self.num_groups = num_groups
         self.dn_groups = dn_groups
-        self.num_queries = num_queries
-        self.num_classes = num_classes
+        self.num_queries = model.num_queries
+        self.num_classes = model.num_classes
         self.dn_box_noise = dn_box_noise
         self.dn_label_noise = dn_label_noise
-        self.group_query_embed = nn.Embedding((num_groups - 1) * num_queries, hidden_dim) if num_groups > 1 else None
+        self.group_query_embed = model.new_query_embedding((num_groups - 1) * self.num_queries) if num_groups > 1 else None
+        self.box_pos = None
         if dn_groups > 0:
-            self.label_embed = nn.Embedding(num_classes + 1, hidden_dim)
-            self.box_pos = MLP(4 * BOX_SINE_FEATS_PER_COORD, hidden_dim, hidden_dim, 2)
+            self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim)
+            if model.query_dim == hidden_dim:  # DETR: positions are embeddings; anchor models take boxes
+                self.box_pos = MLP(4 * BOX_SINE_FEATS_PER_COORD, hidden_dim, hidden_dim, 2)
 
     @property
     def active(self) -> bool:
         return self.num_groups > 1 or self.dn_groups > 0
 
     # ------------------------------------------------------------------ denoising inputs
-    def noised_queries(self, targets: list[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, int, Tensor]:
+    def noised_queries(
+        self, model: DETR, targets: list[dict[str, Tensor]], device: torch.device
+    ) -> tuple[Tensor, Tensor, int, Tensor]:
         """Denoising content/position queries.
 
-        Returns ``tgt`` [D, B, C], ``query_pos`` [D, B, C] (D = dn_groups * P), ``P`` and a bool
+        Returns ``tgt`` [D, B, C], ``query`` [D, B, query_dim] (D = dn_groups * P), ``P`` and a bool
         ``valid`` [B, D] that is False on padding slots.
         """
         batch = len(targets)
@@ -142,11 +134,11 @@ class TrainingQueries(nn.Module):
                 boxes[b, s] = self._jitter_boxes(t["boxes"])
                 valid[b, s] = True
         if d_total == 0:
-            empty = torch.zeros(0, batch, hidden, device=device)
-            return empty, empty, pad, valid
+            return (torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, model.query_dim, device=device),
+                    pad, valid)
         tgt = self.label_embed(labels).transpose(0, 1)
-        query_pos = self.box_pos(box_sine_encoding(boxes)).transpose(0, 1)
-        return tgt, query_pos, pad, valid
+        query = model.box_to_query(boxes, self.box_pos).transpose(0, 1)
+        return tgt, query, pad, valid
 
     def _flip_labels(self, labels: Tensor) -> Tensor:
         if self.dn_label_noise <= 0:
@@ -178,28 +170,24 @@ class TrainingQueries(nn.Module):
         and ``dn_valid`` [B, D]) or None.
         """
         samples = as_nested_tensor(samples)
-        features, pos = model.backbone(samples)
-        src, mask = features[-1].decompose()
-        batch = src.shape[0]
-        device = src.device
-        query_pos = model.query_embed.weight
-        if self.group_query_embed is not None:
-            query_pos = torch.cat([query_pos, self.group_query_embed.weight], dim=0)
-        query_pos = query_pos.unsqueeze(1).repeat(1, batch, 1)
-        tgt = torch.zeros_like(query_pos)
-        pad, valid = 0, None
+        device = samples.tensors.device
+        prefix_tgt = prefix_query = valid = None
+        pad = 0
         if self.dn_groups > 0:
-            dn_tgt, dn_pos, pad, valid = self.noised_queries(targets, device)
-            tgt = torch.cat([dn_tgt, tgt], dim=0)
-            query_pos = torch.cat([dn_pos, query_pos], dim=0)
+            prefix_tgt, prefix_query, pad, valid = self.noised_queries(model, targets, device)
         layout = QueryLayout(num_dn=self.dn_groups * pad, pad_size=pad, dn_groups=self.dn_groups,
                              num_queries=self.num_queries, num_groups=self.num_groups)
-        tgt_mask = attention_mask(layout, device)
-        hs = model.transformer(model.input_proj(src), mask, query_pos, pos[-1], tgt=tgt, tgt_mask=tgt_mask)[0]
-        outputs = model.predict_from_decoder(hs[:, :, layout.group_slice(0)])
-        group_outputs = [model.predict_from_decoder(hs[:, :, layout.group_slice(g)]) for g in range(1, self.num_groups)]
+        suffix = self.group_query_embed.weight if self.group_query_embed is not None else None
+        outputs_class, outputs_coord = model.forward_queries(
+            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device))
+
+        def part(index: slice) -> dict:
+            return make_outputs(outputs_class[:, :, index], outputs_coord[:, :, index], model.aux_loss)
+
+        outputs = part(layout.group_slice(0))
+        group_outputs = [part(layout.group_slice(g)) for g in range(1, self.num_groups)]
         dn_outputs = None
         if layout.num_dn > 0:
-            dn_outputs = model.predict_from_decoder(hs[:, :, : layout.num_dn])
+            dn_outputs = part(slice(0, layout.num_dn))
             dn_outputs["dn_valid"] = valid
         return outputs, group_outputs, dn_outputs, layout

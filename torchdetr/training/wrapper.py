@@ -33,6 +33,6 @@ def build_training_model(
         return None
     if cfg.masks:
         raise ValueError("--num_groups / --dn_groups are for detection training; not available with --masks")
-    queries = TrainingQueries(cfg.hidden_dim, cfg.num_queries, cfg.num_classes, num_groups=cfg.num_groups,
-                              dn_groups=cfg.dn_groups, dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise)
+    queries = TrainingQueries(model, num_groups=cfg.num_groups, dn_groups=cfg.dn_groups,
+                              dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise)
     return TrainingModel(model, queries), TrainingCriterion(criterion)

@@ -1,0 +1,117 @@
+"""A DETR variant with anchor-box queries refined layer by layer (DAB-DETR style), for fast training.
+
+Differences from DETR (Liu et al., "DAB-DETR: Dynamic Anchor Boxes are Better Queries for DETR", 2022):
+
+- each query is a learnable anchor box (cx, cy, w, h) instead of an abstract position embedding;
+  its positional query in the decoder is an MLP of the box's sine encoding (``ref_point_head``),
+  scaled by the content (``query_scale``) from the second layer on;
+- every decoder layer predicts a correction of its input box (``bbox_embed`` output added in
+  inverse-sigmoid space), and the corrected box, detached, is the next layer's anchor;
+- backbone, encoder, decoder layers and heads are DETR's own modules.
+
+It is a separate model (``--variant dab``): its checkpoints have ``query_embed.weight`` [Q, 4]
+(anchors in inverse-sigmoid space) plus ``ref_point_head.*`` and ``query_scale.*``. The default
+``--variant detr`` is unchanged. Denoising queries feed their noised boxes as anchors (DN-DAB-DETR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..data.batching import NestedTensor, as_nested_tensor
+from .backbone import Joiner
+from .detr import DETR, MLP, Outputs, make_outputs
+from .position_encoding import box_sine_encoding
+from .transformer import Transformer
+
+INITIAL_ANCHOR_SIZE = 0.2  # w and h of the initial anchors, as a fraction of the image
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x), with x clamped to [eps, 1 − eps]."""
+    x = x.clamp(min=eps, max=1 - eps)
+    return torch.log(x / (1 - x))
+
+
+def init_anchors(embedding: nn.Embedding, generator: torch.Generator | None = None) -> None:
+    """Anchor centres uniform over the image, sizes ``INITIAL_ANCHOR_SIZE`` (stored as logits)."""
+    with torch.no_grad():
+        n = embedding.weight.shape[0]
+        centres = torch.rand(n, 2, generator=generator)
+        sizes = torch.full((n, 2), INITIAL_ANCHOR_SIZE)
+        embedding.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], dim=1)))
+
+
+class AnchorDETR(DETR):
+    """DETR with anchor-box queries and iterative box refinement; same inputs and outputs as ``DETR``."""
+
+    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int,
+                 aux_loss: bool = False) -> None:
+        super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
+        hidden_dim = transformer.d_model
+        self.query_embed = nn.Embedding(num_queries, 4)
+        init_anchors(self.query_embed)
+        self.ref_point_head = MLP(2 * hidden_dim, hidden_dim, hidden_dim, 2)
+        self.query_scale = MLP(hidden_dim, hidden_dim, hidden_dim, 2)
+        # start every layer's correction at zero: the first predictions are the anchors themselves
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+
+    def new_query_embedding(self, num: int) -> nn.Embedding:
+        embedding = nn.Embedding(num, 4)
+        init_anchors(embedding)
+        return embedding
+
+    def box_to_query(self, boxes: Tensor, box_pos: nn.Module | None) -> Tensor:
+        """Denoising queries: the noised boxes are the anchors (no extra MLP)."""
+        return inverse_sigmoid(boxes)
+
+    def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
+        outputs_class, outputs_coord = self.forward_queries(samples)
+        return make_outputs(outputs_class, outputs_coord, self.aux_loss)
+
+    def forward_queries(
+        self,
+        samples: NestedTensor | Tensor | Sequence[Tensor],
+        prefix_tgt: Tensor | None = None,
+        prefix_query: Tensor | None = None,
+        suffix_query: Tensor | None = None,
+        tgt_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """As ``DETR.forward_queries``; queries are anchor logits [*, 4]."""
+        samples = as_nested_tensor(samples)
+        features, pos = self.backbone(samples)
+        src, mask = features[-1].decompose()
+        batch, hidden = src.shape[0], self.transformer.d_model
+        src = self.input_proj(src).flatten(2).permute(2, 0, 1)
+        pos_embed = pos[-1].flatten(2).permute(2, 0, 1)
+        mask = mask.flatten(1)
+        memory = self.transformer.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
+
+        anchors = self.query_embed.weight
+        if suffix_query is not None:
+            anchors = torch.cat([anchors, suffix_query], dim=0)
+        anchors = anchors.unsqueeze(1).repeat(1, batch, 1)
+        output = torch.zeros(anchors.shape[0], batch, hidden, device=src.device, dtype=src.dtype)
+        if prefix_query is not None:
+            anchors = torch.cat([prefix_query, anchors], dim=0)
+            output = torch.cat([prefix_tgt.to(output.dtype), output], dim=0)
+
+        decoder = self.transformer.decoder
+        reference = anchors.sigmoid()
+        classes, coords = [], []
+        for i, layer in enumerate(decoder.layers):
+            query_pos = self.ref_point_head(box_sine_encoding(reference, hidden // 2).to(output.dtype))
+            if i > 0:
+                query_pos = query_pos * self.query_scale(output)
+            output = layer(output, memory, tgt_mask=tgt_mask, memory_key_padding_mask=mask, pos=pos_embed,
+                           query_pos=query_pos)
+            hs = decoder.norm(output)
+            boxes = (self.bbox_embed(hs) + inverse_sigmoid(reference)).sigmoid()
+            classes.append(self.class_embed(hs))
+            coords.append(boxes)
+            reference = boxes.detach()
+        return torch.stack(classes).transpose(1, 2), torch.stack(coords).transpose(1, 2)
