@@ -73,28 +73,27 @@ def _load_official(model: nn.Module, name: str) -> None:
     load_model_state(model, checkpoint["model"], source=OFFICIAL_MODELS[name].url)
 
 
-def _detection(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
+def _build(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool, threshold: float = 0.85):
+    """Entry-point body: the architecture of ``name``, official weights when ``pretrained``."""
     spec = OFFICIAL_MODELS[name]
     if pretrained and num_classes != spec.num_classes:
         raise ValueError(f"{name}: pretrained weights have num_classes={spec.num_classes}, got {num_classes}")
     model = build_detector(spec.config(num_classes=num_classes))
     if pretrained:
         _load_official(model, name)
-    if return_postprocessor:
-        return model, PostProcess()
-    return model
+    if not return_postprocessor:
+        return model
+    if spec.masks:
+        return model, PostProcessPanoptic(coco_panoptic_is_thing_map(num_classes), threshold=threshold)
+    return model, PostProcess()
+
+
+def _detection(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
+    return _build(name, pretrained, num_classes, return_postprocessor)
 
 
 def _panoptic(name: str, pretrained: bool, num_classes: int, threshold: float, return_postprocessor: bool):
-    spec = OFFICIAL_MODELS[name]
-    if pretrained and num_classes != spec.num_classes:
-        raise ValueError(f"{name}: pretrained weights have num_classes={spec.num_classes}, got {num_classes}")
-    model = build_detector(spec.config(num_classes=num_classes))
-    if pretrained:
-        _load_official(model, name)
-    if return_postprocessor:
-        return model, PostProcessPanoptic(coco_panoptic_is_thing_map(num_classes), threshold=threshold)
-    return model
+    return _build(name, pretrained, num_classes, return_postprocessor, threshold)
 
 
 def detr_resnet50(pretrained: bool = False, num_classes: int = 91, return_postprocessor: bool = False):

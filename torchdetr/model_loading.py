@@ -127,6 +127,14 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
     training evaluated, so they are used unless ``use_ema=False``.
     """
     source = str(name_or_path)
+    official_files = {Path(spec.url).name: name for name, spec in OFFICIAL_MODELS.items()}
+    if Path(source).name in official_files and Path(source).is_file():
+        # a released file on disk: its architecture (DC5 included, which weights cannot tell) is known
+        spec = OFFICIAL_MODELS[official_files[Path(source).name]]
+        model = build_detector(spec.config())
+        load_model_state(model, load_checkpoint(source)["model"], source=source)
+        model.to(device).eval()
+        return LoadedModel(model=model, config=spec.config(), category_names=dict(spec.categories), source=source)
     if source in OFFICIAL_MODELS:
         spec = OFFICIAL_MODELS[source]
         cfg = spec.config()

@@ -160,6 +160,7 @@ class Detector:
         max_size: int | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        focal: bool = False,
     ) -> None:
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}")
@@ -173,7 +174,7 @@ class Detector:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self._transform: Callable | None = None
-        self._postprocess = PostProcess()
+        self._postprocess = PostProcess(focal=focal)  # sigmoid top-k for models trained with --cls_loss focal
 
     @classmethod
     def from_pretrained(
@@ -204,6 +205,7 @@ class Detector:
             max_size=max_size if max_size is not None else (trained_max_size if image_size is None else None),
             device=resolved,
             batch_size=batch_size,
+            focal=loaded.config.cls_loss == "focal",
         )
 
     @classmethod
@@ -246,6 +248,7 @@ class Detector:
             max_size=max_size if max_size is not None else (stored_max if image_size is None else None),
             device="cpu",
             batch_size=batch_size,
+            focal=known.get("cls_loss") == "focal",
         )
 
     # ------------------------------------------------------------------ pre-processing

@@ -1,0 +1,75 @@
+"""Building a model from an official name/file or a checkpoint: architecture inference and weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchdetr import DETRConfig, build_model, hub
+from torchdetr.model_loading import config_from_checkpoint, infer_architecture, load_model
+
+from .conftest import rebuild_oracle_checkpoint
+
+ORACLE_ARCH = {
+    "tiny_r18_postnorm_sine": dict(backbone="resnet18", hidden_dim=64, enc_layers=2, dec_layers=3, num_queries=12,
+                                   pre_norm=False, position_embedding="sine", masks=False, num_classes=20),
+    "tiny_r50_prenorm_learned_dc5": dict(backbone="resnet50", hidden_dim=64, enc_layers=2, dec_layers=3,
+                                         num_queries=12, pre_norm=True, position_embedding="learned", masks=False),
+    "tiny_r50_panoptic": dict(backbone="resnet50", hidden_dim=128, enc_layers=2, dec_layers=2, num_queries=10,
+                              masks=True, num_classes=250, dim_feedforward=256),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_ARCH))
+def test_architecture_inferred_from_original_checkpoints(name, oracle_dir):
+    path, fixture = rebuild_oracle_checkpoint(name, oracle_dir)
+    state = torch.load(path, weights_only=False)["model"]
+    inferred = infer_architecture(state)
+    for key, value in ORACLE_ARCH[name].items():
+        assert inferred[key] == value, key
+    loaded = load_model(path)  # args present: nheads/dilation from them; weights load strictly
+    assert loaded.config.nheads == fixture["args"]["nheads"] and loaded.config.dilation == fixture["args"]["dilation"]
+    assert not loaded.model.training
+
+
+def test_an_official_file_on_disk_is_recognised_by_its_name(tmp_path):
+    """DC5 cannot be read from weights; the released file name tells it (and the categories)."""
+    reference = hub.detr_resnet50_dc5().eval()
+    path = tmp_path / "detr-r50-dc5-f0fb7ef5.pth"
+    torch.save({"model": reference.state_dict()}, path)
+    loaded = load_model(path)
+    assert loaded.config.dilation and loaded.category_names[1] == "person"
+    images = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(images)["pred_boxes"], reference(images)["pred_boxes"])
+
+
+def test_args_disagreeing_with_weights_lose(tmp_path, caplog):
+    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
+                     num_queries=4, num_classes=3)
+    model = build_model(cfg)[0]
+    import argparse
+
+    wrong = argparse.Namespace(**{**cfg.to_dict(), "num_queries": 9})
+    with caplog.at_level("WARNING"):
+        resolved = config_from_checkpoint({"model": model.state_dict(), "args": wrong})
+    assert resolved.num_queries == 4 and "num_queries" in caplog.text
+
+
+def test_ema_weights_are_preferred(tmp_path):
+    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
+                     num_queries=4, num_classes=3)
+    raw, ema = build_model(cfg)[0], build_model(cfg)[0]
+    import argparse
+
+    torch.save({"model": raw.state_dict(), "ema": {"model": ema.state_dict()},
+                "args": argparse.Namespace(**cfg.to_dict())}, tmp_path / "c.pth")
+    loaded = load_model(tmp_path / "c.pth")
+    torch.testing.assert_close(loaded.model.query_embed.weight, ema.query_embed.weight)
+    loaded = load_model(tmp_path / "c.pth", use_ema=False)
+    torch.testing.assert_close(loaded.model.query_embed.weight, raw.query_embed.weight)
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="neither an official model name"):
+        load_model("detr_resnet51")
