@@ -147,10 +147,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
             with autocast_context(device, cfg.amp):
                 predictions = train_module(samples, targets) if training is not None else train_module(samples)
             predictions = to_float(predictions)
-            if training is not None:
-                loss_dict = train_criterion(*predictions[:3], targets, predictions[3])
-            else:
-                loss_dict = train_criterion(predictions, targets)
+            loss_dict = train_criterion(predictions, targets)
             loss = train_criterion.weighted_total(loss_dict)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -55,7 +55,8 @@ def test_primary_outputs_equal_plain_forward_and_are_isolated_from_extra_queries
     images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
     with torch.no_grad():
         plain = model(images)
-        outputs, groups, dn, layout = train_model(images, targets_batch())
+        pred = train_model(images, targets_batch())
+    outputs, groups, layout = pred.outputs, pred.group_outputs, pred.layout
     assert layout.num_dn == 2 * 2 and len(groups) == 2
     torch.testing.assert_close(outputs["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
     torch.testing.assert_close(outputs["pred_boxes"], plain["pred_boxes"], rtol=0, atol=1e-5)
@@ -64,7 +65,8 @@ def test_primary_outputs_equal_plain_forward_and_are_isolated_from_extra_queries
     # changing another group's queries changes that group, not the primary nor the remaining group
     with torch.no_grad():
         train_model.queries.group_query_embed.weight[:4] += 1.0
-        outputs2, groups2, _, _ = train_model(images, targets_batch())
+        pred2 = train_model(images, targets_batch())
+    outputs2, groups2 = pred2.outputs, pred2.group_outputs
     torch.testing.assert_close(outputs2["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
     assert not torch.allclose(groups2[0]["pred_logits"], groups[0]["pred_logits"], atol=1e-4)
     torch.testing.assert_close(groups2[1]["pred_logits"], groups[1]["pred_logits"], rtol=0, atol=1e-5)
@@ -92,8 +94,9 @@ def test_denoising_copy_does_not_see_other_copies():
 
     queries.noised_queries = fixed_noise
     with torch.no_grad():
-        _, _, dn_a, layout = train_model(images, targets)
-        _, _, dn_b, _ = train_model(images, targets)
+        pred_a = train_model(images, targets)
+        pred_b = train_model(images, targets)
+    dn_a, dn_b, layout = pred_a.dn_outputs, pred_b.dn_outputs, pred_a.layout
     pad = layout.pad_size
     torch.testing.assert_close(dn_a["pred_boxes"][:, :pad], dn_b["pred_boxes"][:, :pad], rtol=0, atol=1e-5)
     assert not torch.allclose(dn_a["pred_boxes"][:, pad:], dn_b["pred_boxes"][:, pad:], atol=1e-4)
@@ -110,11 +113,11 @@ def test_group_loss_is_the_sum_of_independently_matched_group_losses():
     _, model, criterion, _, (train_model, train_criterion) = build(num_groups=3)
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
     targets = targets_batch()
-    outputs, groups, dn, layout = train_model(images, targets)
-    losses = train_criterion(outputs, groups, dn, targets, layout)
-    expected = sum(criterion.weighted_total(criterion(g, targets)) for g in groups)
+    pred = train_model(images, targets)
+    losses = train_criterion(pred, targets)
+    expected = sum(criterion.weighted_total(criterion(g, targets)) for g in pred.group_outputs)
     assert losses["loss_groups"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert losses["loss_ce"].item() == pytest.approx(criterion(outputs, targets)["loss_ce"].item(), rel=1e-6)
+    assert losses["loss_ce"].item() == pytest.approx(criterion(pred.outputs, targets)["loss_ce"].item(), rel=1e-6)
     total = train_criterion.weighted_total(losses)
     total.backward()
     assert train_model.queries.group_query_embed.weight.grad.abs().sum() > 0
@@ -122,8 +125,8 @@ def test_group_loss_is_the_sum_of_independently_matched_group_losses():
 
 def test_denoising_loss_trains_the_extra_modules():
     _, _, _, _, (train_model, train_criterion) = build(dn_groups=3)
-    outputs, groups, dn, layout = train_model([torch.rand(3, 64, 64)] * 2, targets_batch())
-    losses = train_criterion(outputs, groups, dn, targets_batch(), layout)
+    pred = train_model([torch.rand(3, 64, 64)] * 2, targets_batch())
+    losses = train_criterion(pred, targets_batch())
     assert torch.isfinite(losses["loss_dn"]) and losses["loss_dn"] > 0
     losses["loss_dn"].backward()
     assert train_model.queries.label_embed.weight.grad.abs().sum() > 0
@@ -218,7 +221,8 @@ def test_dab_denoising_queries_start_at_the_noised_boxes_and_primary_is_isolated
     train_model.queries.noised_queries = spy
     with torch.no_grad():
         plain = model(images)
-        outputs, _, dn, layout = train_model(images, targets_batch())
+        pred = train_model(images, targets_batch())
+    outputs, dn = pred.outputs, pred.dn_outputs
     torch.testing.assert_close(outputs["pred_boxes"], plain["pred_boxes"], rtol=0, atol=1e-5)
     torch.testing.assert_close(outputs["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-5)
     noised = captured["anchors"].transpose(0, 1).sigmoid()  # [B, D, 4]
@@ -233,3 +237,65 @@ def test_dab_checkpoint_loads_with_the_right_variant(tmp_path):
     loaded = load_model(tmp_path / "dab.pth")
     assert loaded.config.variant == "dab" and loaded.config.hidden_dim == cfg.hidden_dim
     assert type(loaded.model).__name__ == "AnchorDETR"
+
+
+# ------------------------------------------------------------------ dense one-to-many head
+def _dense(height, width, valid_rows, valid_cols, num_classes=3):
+    from torchdetr.training.dense import DenseHead
+
+    head = DenseHead(8, num_classes)
+    mask = torch.ones(1, height, width, dtype=torch.bool)
+    mask[0, :valid_rows, :valid_cols] = False
+    return head(torch.randn(1, 8, height, width), mask)
+
+
+def test_dense_cells_are_assigned_to_the_box_whose_centre_region_covers_them():
+    from torchdetr.training.dense import assign_cells
+
+    dense = _dense(4, 4, 4, 4)  # cells of 0.25; centres at 0.125, 0.375, 0.625, 0.875
+    big = [0.5, 0.5, 1.0, 1.0]  # centre region ±0.25 → cells with centre in [0.25, 0.75]: the middle 2x2
+    small = [0.375, 0.375, 0.1, 0.1]  # region smaller than a cell → at least the cell holding its centre
+    assigned = assign_cells(dense, [{"boxes": torch.tensor([big, small]), "labels": torch.tensor([1, 2])}])[0].view(4, 4)
+    expected = torch.full((4, 4), -1)
+    expected[1:3, 1:3] = 0
+    expected[1, 1] = 1  # claimed by both: the smaller box wins
+    assert torch.equal(assigned, expected)
+
+
+def test_dense_padding_cells_are_never_positive_and_centres_follow_the_unpadded_image():
+    from torchdetr.training.dense import assign_cells
+
+    dense = _dense(4, 6, 2, 3)  # valid 2 rows x 3 cols
+    torch.testing.assert_close(dense.centres[0].view(4, 6, 2)[0, 0], torch.tensor([1 / 6, 1 / 4]))
+    assigned = assign_cells(dense, [{"boxes": torch.tensor([[0.5, 0.5, 1.0, 1.0]]), "labels": torch.tensor([0])}])
+    grid = assigned[0].view(4, 6)
+    assert (grid[2:] == -1).all() and (grid[:, 3:] == -1).all() and (grid[:2, :3] == 0).sum() >= 1
+
+
+def test_dense_box_losses_vanish_for_exact_boxes():
+    from torchdetr.training.dense import assign_cells, dense_loss
+
+    dense = _dense(4, 4, 4, 4)
+    target = {"boxes": torch.tensor([[0.5, 0.5, 0.6, 0.4]]), "labels": torch.tensor([2])}
+    positive = assign_cells(dense, [target])[0] >= 0
+    dense.boxes[0, positive] = target["boxes"][0]
+    with_boxes = dense_loss(dense, [target], class_weight=0.0)
+    assert with_boxes.item() == pytest.approx(0.0, abs=1e-5)
+    dense.boxes[0, positive] = torch.tensor([0.4, 0.5, 0.6, 0.4])  # shifted by 0.1 in x: L1 = 0.1 per cell
+    assert dense_loss(dense, [target], class_weight=0.0, giou_weight=0.0).item() == pytest.approx(5 * 0.1, abs=1e-5)
+
+
+def test_dense_head_trains_the_encoder_and_keeps_inference_unchanged():
+    _, model, _, _, (train_model, train_criterion) = build(dense_head=True)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    model.eval()
+    with torch.no_grad():
+        plain = model(images)
+        pred = train_model(images, targets_batch())
+    torch.testing.assert_close(pred.outputs["pred_logits"], plain["pred_logits"], rtol=0, atol=1e-6)
+    model.train()
+    pred = train_model(images, targets_batch())
+    losses = train_criterion(pred, targets_batch())
+    losses["loss_dense"].backward()
+    assert model.transformer.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
+    assert model.class_embed.weight.grad is None  # the dense head has its own heads

@@ -141,6 +141,9 @@ class DETRConfig:
     train_recipe: str = _opt(
         "original", "training augmentation: original (flip, multi-scale, random crop) or small (flip, scales "
         "0.75-1.25 × image_size, no crop: for small images and short runs)", "techniques", choices=("original", "small"))
+    dense_head: bool = _opt(
+        False, "dense one-to-many supervision of the encoder cells by a training-only head (Co-DETR idea)",
+        "techniques")
     lr_schedule: str = _opt("step", "learning-rate schedule: step (÷10 at --lr_drop) or cosine", "techniques",
                             choices=("step", "cosine"))
     warmup_iters: int = _opt(0, "linear learning-rate warm-up iterations (0 = none)", "techniques")

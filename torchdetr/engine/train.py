@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -117,6 +118,8 @@ def to_float(obj: Any) -> Any:
         return {k: to_float(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(to_float(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return type(obj)(**{f.name: to_float(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
     return obj
 
 
@@ -220,11 +223,7 @@ def train_one_epoch(
             with autocast_context(device, cfg.amp):
                 predictions = model(samples, targets) if with_training_queries else model(samples)
             predictions = to_float(predictions)  # losses and matching always in float32
-            if with_training_queries:
-                outputs, group_outputs, dn_outputs, layout = predictions
-                loss_dict = criterion(outputs, group_outputs, dn_outputs, targets, layout)
-            else:
-                loss_dict = criterion(predictions, targets)
+            loss_dict = criterion(predictions, targets)
             losses = criterion.weighted_total(loss_dict)
         except FloatingPointError as err:  # the matcher refuses non-finite predictions
             raise TrainingDiverged(f"{err} at epoch {epoch}, iteration {iterations}") from None

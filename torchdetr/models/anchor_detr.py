@@ -80,15 +80,17 @@ class AnchorDETR(DETR):
         prefix_query: Tensor | None = None,
         suffix_query: Tensor | None = None,
         tgt_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        return_memory: bool = False,
+    ) -> tuple[Tensor, ...]:
         """As ``DETR.forward_queries``; queries are anchor logits [*, 4]."""
         samples = as_nested_tensor(samples)
         features, pos = self.backbone(samples)
-        src, mask = features[-1].decompose()
+        src, spatial_mask = features[-1].decompose()
         batch, hidden = src.shape[0], self.transformer.d_model
+        height, width = src.shape[-2:]
         src = self.input_proj(src).flatten(2).permute(2, 0, 1)
         pos_embed = pos[-1].flatten(2).permute(2, 0, 1)
-        mask = mask.flatten(1)
+        mask = spatial_mask.flatten(1)
         memory = self.transformer.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
 
         anchors = self.query_embed.weight
@@ -114,4 +116,8 @@ class AnchorDETR(DETR):
             classes.append(self.class_embed(hs))
             coords.append(boxes)
             reference = boxes.detach()
-        return torch.stack(classes).transpose(1, 2), torch.stack(coords).transpose(1, 2)
+        outputs_class, outputs_coord = torch.stack(classes).transpose(1, 2), torch.stack(coords).transpose(1, 2)
+        if return_memory:
+            memory_map = memory.permute(1, 2, 0).reshape(batch, hidden, height, width)
+            return outputs_class, outputs_coord, memory_map, spatial_mask
+        return outputs_class, outputs_coord

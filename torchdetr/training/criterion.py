@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.criterion import SetCriterion, world_average_num_boxes
-from .queries import QueryLayout
+from .dense import dense_loss
+from .queries import QueryLayout, TrainingOutputs
 
 Targets = list[dict[str, Tensor]]
 
@@ -24,7 +25,7 @@ def denoising_indices(targets: Targets, layout: QueryLayout) -> list[tuple[Tenso
 
 
 class TrainingCriterion(nn.Module):
-    """The model's ``SetCriterion`` plus ``loss_groups`` and ``loss_dn`` (already weighted sums).
+    """The model's ``SetCriterion`` plus ``loss_groups``, ``loss_dn`` and ``loss_dense`` (already weighted sums).
 
     ``loss_groups`` = Σ over extra groups of that group's weighted DETR loss (own Hungarian matching,
     aux layers included). ``loss_dn`` = weighted labels+boxes losses of the denoising queries against
@@ -32,20 +33,26 @@ class TrainingCriterion(nn.Module):
     The primary group's entries keep their usual names, so logs compare with plain DETR.
     """
 
-    def __init__(self, criterion: SetCriterion, group_weight: float = 1.0, dn_weight: float = 1.0) -> None:
+    def __init__(self, criterion: SetCriterion, group_weight: float = 1.0, dn_weight: float = 1.0,
+                 dense_weight: float = 1.0) -> None:
         super().__init__()
         self.criterion = criterion
         self.weight_dict = dict(criterion.weight_dict)
         self.weight_dict["loss_groups"] = group_weight
         self.weight_dict["loss_dn"] = dn_weight
+        self.weight_dict["loss_dense"] = dense_weight
 
-    def forward(self, outputs: dict, group_outputs: list[dict], dn_outputs: dict | None, targets: Targets,
-                layout: QueryLayout) -> dict[str, Tensor]:
-        losses = self.criterion(outputs, targets)
-        if group_outputs:
-            losses["loss_groups"] = sum(self.criterion.weighted_total(self.criterion(g, targets)) for g in group_outputs)
-        if dn_outputs is not None:
-            losses["loss_dn"] = self.denoising_loss(dn_outputs, targets, layout)
+    def forward(self, predictions: TrainingOutputs, targets: Targets) -> dict[str, Tensor]:
+        losses = self.criterion(predictions.outputs, targets)
+        if predictions.group_outputs:
+            losses["loss_groups"] = sum(self.criterion.weighted_total(self.criterion(g, targets))
+                                        for g in predictions.group_outputs)
+        if predictions.dn_outputs is not None:
+            losses["loss_dn"] = self.denoising_loss(predictions.dn_outputs, targets, predictions.layout)
+        if predictions.dense is not None:
+            losses["loss_dense"] = dense_loss(
+                predictions.dense, targets, bbox_weight=self.criterion.weight_dict["loss_bbox"],
+                giou_weight=self.criterion.weight_dict["loss_giou"], focal_alpha=self.criterion.focal_alpha)
         return losses
 
     def denoising_loss(self, dn_outputs: dict, targets: Targets, layout: QueryLayout) -> Tensor:

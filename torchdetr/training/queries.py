@@ -24,7 +24,7 @@ dummy queries that get no loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from torchvision.ops import box_convert
 
 from ..data.batching import NestedTensor, as_nested_tensor
 from ..models.detr import DETR, MLP, make_outputs
+from .dense import DenseHead, DenseOutputs
 
 BOX_SINE_FEATS_PER_COORD = 32  # sine features per box coordinate fed to the box → position MLP
 
@@ -84,6 +85,7 @@ class TrainingQueries(nn.Module):
         dn_groups: int = 0,
         dn_box_noise: float = 0.4,
         dn_label_noise: float = 0.2,
+        dense_head: bool = False,
     ) -> None:
         super().__init__()
         if num_groups < 1:
@@ -99,6 +101,7 @@ class TrainingQueries(nn.Module):
         self.dn_label_noise = dn_label_noise
         self.group_query_embed = model.new_query_embedding((num_groups - 1) * self.num_queries) if num_groups > 1 else None
         self.box_pos = None
+        self.dense_head = DenseHead(hidden_dim, self.num_classes) if dense_head else None
         if dn_groups > 0:
             self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim)
             if model.query_dim == hidden_dim:  # DETR: positions are embeddings; anchor models take boxes
@@ -106,7 +109,7 @@ class TrainingQueries(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.num_groups > 1 or self.dn_groups > 0
+        return self.num_groups > 1 or self.dn_groups > 0 or self.dense_head is not None
 
     # ------------------------------------------------------------------ denoising inputs
     def noised_queries(
@@ -161,13 +164,10 @@ class TrainingQueries(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self, model: DETR, samples: NestedTensor | Tensor | list[Tensor], targets: list[dict[str, Tensor]]
-    ) -> tuple[dict, list[dict], dict | None, QueryLayout]:
-        """Decode the model's queries together with the extra ones.
+    ) -> TrainingOutputs:
+        """Decode the model's queries together with the extra ones (and run the dense head).
 
-        Returns ``(outputs, group_outputs, dn_outputs, layout)``: ``outputs`` is exactly what
-        ``model(samples)`` computes for its own queries (with aux outputs); ``group_outputs`` one
-        output dict per extra group; ``dn_outputs`` the denoising predictions (with aux outputs
-        and ``dn_valid`` [B, D]) or None.
+        ``outputs`` is exactly what ``model(samples)`` computes for its own queries (with aux outputs).
         """
         samples = as_nested_tensor(samples)
         device = samples.tensors.device
@@ -178,16 +178,29 @@ class TrainingQueries(nn.Module):
         layout = QueryLayout(num_dn=self.dn_groups * pad, pad_size=pad, dn_groups=self.dn_groups,
                              num_queries=self.num_queries, num_groups=self.num_groups)
         suffix = self.group_query_embed.weight if self.group_query_embed is not None else None
-        outputs_class, outputs_coord = model.forward_queries(
-            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device))
+        outputs_class, outputs_coord, *memory = model.forward_queries(
+            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device),
+            return_memory=self.dense_head is not None)
 
         def part(index: slice) -> dict:
             return make_outputs(outputs_class[:, :, index], outputs_coord[:, :, index], model.aux_loss)
 
-        outputs = part(layout.group_slice(0))
-        group_outputs = [part(layout.group_slice(g)) for g in range(1, self.num_groups)]
-        dn_outputs = None
+        result = TrainingOutputs(outputs=part(layout.group_slice(0)), layout=layout,
+                                 group_outputs=[part(layout.group_slice(g)) for g in range(1, self.num_groups)])
         if layout.num_dn > 0:
-            dn_outputs = part(slice(0, layout.num_dn))
-            dn_outputs["dn_valid"] = valid
-        return outputs, group_outputs, dn_outputs, layout
+            result.dn_outputs = part(slice(0, layout.num_dn))
+            result.dn_outputs["dn_valid"] = valid
+        if self.dense_head is not None:
+            result.dense = self.dense_head(*memory)
+        return result
+
+
+@dataclass
+class TrainingOutputs:
+    """What a training forward pass with extra queries produces."""
+
+    outputs: dict  # the model's own queries: pred_logits, pred_boxes, aux_outputs
+    layout: QueryLayout
+    group_outputs: list[dict] = field(default_factory=list)  # one dict per extra query group
+    dn_outputs: dict | None = None  # denoising predictions (+ aux_outputs, dn_valid)
+    dense: DenseOutputs | None = None  # dense head predictions on the encoder memory

@@ -11,7 +11,7 @@ from .queries import TrainingQueries
 
 
 class TrainingModel(nn.Module):
-    """``forward(samples, targets)`` → ``(outputs, group_outputs, dn_outputs, layout)``.
+    """``forward(samples, targets)`` → ``TrainingOutputs``.
 
     ``detr`` is the plain DETR (what is saved for inference); ``queries`` the extra training queries.
     """
@@ -28,11 +28,12 @@ class TrainingModel(nn.Module):
 def build_training_model(
     model: nn.Module, criterion: SetCriterion, cfg: DETRConfig
 ) -> tuple[TrainingModel, TrainingCriterion] | None:
-    """``(TrainingModel, TrainingCriterion)`` when ``--num_groups > 1`` or ``--dn_groups > 0``, else None."""
-    if cfg.num_groups <= 1 and cfg.dn_groups <= 0:
+    """``(TrainingModel, TrainingCriterion)`` with query groups, denoising queries or the dense head, else None."""
+    if cfg.num_groups <= 1 and cfg.dn_groups <= 0 and not cfg.dense_head:
         return None
     if cfg.masks:
-        raise ValueError("--num_groups / --dn_groups are for detection training; not available with --masks")
+        raise ValueError("--num_groups / --dn_groups / --dense_head are for detection training; not with --masks")
     queries = TrainingQueries(model, num_groups=cfg.num_groups, dn_groups=cfg.dn_groups,
-                              dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise)
+                              dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise,
+                              dense_head=cfg.dense_head)
     return TrainingModel(model, queries), TrainingCriterion(criterion)
