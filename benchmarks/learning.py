@@ -113,6 +113,26 @@ class TrainingClock:
         return (self.cpu + running) / 60
 
 
+def class_agnostic_ap50(evaluator: Any, coco_gt: Any) -> float:
+    """AP50 ignoring classes (pycocotools with ``useCats = 0``): how well objects are found at all."""
+    results = evaluator.results("bbox")
+    if not results:
+        return 0.0
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes([dict(r) for r in results]), "bbox")
+        coco_eval.params.useCats = 0
+        coco_eval.params.imgIds = sorted(coco_gt.getImgIds())
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return float(coco_eval.stats[1])
+
+
 def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads: int, dataset: str) -> dict[str, Any]:
     values = {**BASE, **overrides}
     if dataset == "bccd":
@@ -168,9 +188,11 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
                                   print_tables=False)
                 point = {"minutes": checkpoints[0], "iterations": iterations, "cpu_minutes": clock.cpu / 60,
                          "wall_minutes": clock.wall / 60, "AP": result.ap, "AP50": result.ap50,
+                         "AP50_class_agnostic": class_agnostic_ap50(result.evaluator, base_ds),
                          "it_per_s": iterations / clock.cpu, "train_loss": float(loss.detach())}
-                logging.info("%s @ %.0f min: AP %.3f AP50 %.3f (%d it, %.2f it/s)", name, checkpoints[0], result.ap,
-                             result.ap50, iterations, point["it_per_s"])
+                logging.info("%s @ %.0f min: AP %.3f AP50 %.3f (class-agnostic %.3f) (%d it, %.2f it/s)", name,
+                             checkpoints[0], result.ap, result.ap50, point["AP50_class_agnostic"], iterations,
+                             point["it_per_s"])
                 row["points"].append(point)
                 checkpoints.pop(0)
                 if not checkpoints:

@@ -127,6 +127,9 @@ class DETRConfig:
     variant: str = _opt(
         "detr", "model: detr (the original) or dab (anchor-box queries refined layer by layer, DAB-DETR style; "
         "faster to train, its own checkpoint layout)", "techniques", choices=("detr", "dab"))
+    two_stage: bool = _opt(
+        False, "with --variant dab: anchors selected from a dense head on the encoder (two-stage, DINO-style)",
+        "techniques")
     cls_loss: str = _opt(
         "ce", "classification loss: ce (softmax + eos_coef, the original) or focal (sigmoid focal loss)", "techniques",
         choices=("ce", "focal"),
@@ -209,6 +212,9 @@ class DETRConfig:
             )
         if self.variant != "detr" and self.masks:
             raise ValueError(f"--variant {self.variant} is for detection; --masks needs --variant detr")
+        if self.two_stage and (self.variant != "dab" or self.num_groups > 1):
+            raise ValueError("--two_stage needs --variant dab and --num_groups 1 (its dense head already gives "
+                             "one-to-many supervision)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
 

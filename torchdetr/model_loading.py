@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_FIELDS = (
     "backbone", "dilation", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
     "dropout", "nheads", "num_queries", "pre_norm", "masks", "aux_loss", "num_classes", "backbone_norm",
-    "backbone_weights", "cls_loss", "variant",
+    "backbone_weights", "cls_loss", "variant", "two_stage",
 )
 
 
@@ -80,6 +80,7 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         "masks": masks,
         "hidden_dim": int(get("input_proj.weight").shape[0]),
         "variant": "dab" if f"{prefix}ref_point_head.layers.0.weight" in state_dict else "detr",
+        "two_stage": f"{prefix}enc_head.class_head.weight" in state_dict,
         "num_queries": int(query.shape[0]),
         "num_classes": infer_num_classes(state_dict),
         "enc_layers": enc_layers,

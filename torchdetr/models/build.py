@@ -50,9 +50,13 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
         dec_layers=cfg.dec_layers,
         pre_norm=cfg.pre_norm,
     )
-    detector_class = AnchorDETR if cfg.variant == "dab" else DETR
-    model: DETR | DETRsegm = detector_class(backbone, transformer, num_classes=cfg.num_classes,
-                                            num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    model: DETR | DETRsegm
+    if cfg.variant == "dab":
+        model = AnchorDETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
+                           aux_loss=cfg.aux_loss, two_stage=cfg.two_stage)
+    else:
+        model = DETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
+                     aux_loss=cfg.aux_loss)
     if cfg.cls_loss == "focal":
         # start every class at a 1 % sigmoid probability (focal-loss prior, as RetinaNet/Deformable DETR)
         nn.init.constant_(model.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))

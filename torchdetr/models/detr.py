@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,15 +94,14 @@ class DETR(nn.Module):
         prefix_query: Tensor | None = None,
         suffix_query: Tensor | None = None,
         tgt_mask: Tensor | None = None,
-        return_memory: bool = False,
-    ) -> tuple[Tensor, ...]:
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
         """Decode extra queries together with the model's own (training-only query groups/denoising).
 
         Decoder queries are ``[prefix (P) | own (Q) | suffix (S)]``: ``prefix_tgt`` [P, B, C] content and
         ``prefix_query`` [P, B, D] positions, ``suffix_query`` [S, D] positions (content zero), with
         D = ``query_dim``; ``tgt_mask`` [N, N] (True = blocked) restricts their self-attention.
-        Returns ``(outputs_class [L, B, N, K+1], outputs_coord [L, B, N, 4])``, plus the encoder
-        memory [B, C, h, w] and its padding mask [B, h, w] with ``return_memory``.
+        Returns ``(outputs_class [L, B, N, K+1], outputs_coord [L, B, N, 4], extras)`` where ``extras``
+        holds the encoder ``memory`` [B, C, h, w] and its padding ``mask`` [B, h, w].
         """
         samples = as_nested_tensor(samples)
         features, pos = self.backbone(samples)
@@ -116,9 +116,7 @@ class DETR(nn.Module):
             queries = torch.cat([prefix_query, queries], dim=0)
             tgt = torch.cat([prefix_tgt, tgt], dim=0)
         hs, memory = self.transformer(self.input_proj(src), mask, queries, pos[-1], tgt=tgt, tgt_mask=tgt_mask)
-        if return_memory:
-            return self.class_embed(hs), self.bbox_embed(hs).sigmoid(), memory, mask
-        return self.class_embed(hs), self.bbox_embed(hs).sigmoid()
+        return self.class_embed(hs), self.bbox_embed(hs).sigmoid(), {"memory": memory, "mask": mask}
 
     def predict_from_decoder(self, hs: Tensor) -> Outputs:
         """Decoder states [L, B, Q, C] → the output dict (heads shared by all layers)."""

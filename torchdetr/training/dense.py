@@ -9,61 +9,21 @@ centre always is; a cell claimed by several boxes goes to the smallest), and a s
 for every cell, sigmoid class scores and a box relative to the cell. Losses: sigmoid focal over all
 valid cells, L1 + GIoU on positives, each normalised by the number of positive cells.
 
-The head lives in ``TrainingQueries``; inference, checkpoints of the model and exports are unchanged.
+For plain DETR the head lives in ``TrainingQueries`` (inference, checkpoints of the model and exports
+are unchanged); two-stage anchor models (``--two_stage``) have it built in and use it for query selection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from ..models.anchor_detr import inverse_sigmoid
-from ..models.detr import MLP
+from ..models.dense_head import DenseHead, DenseOutputs
+
+__all__ = ["DenseHead", "DenseOutputs", "assign_cells", "dense_loss"]
 
 CENTRE_REGION = 0.25  # positives: cell centres within ±25 % of the box size around the box centre
-CELL_ANCHOR_SIZE = 0.2  # boxes are predicted relative to (cell centre, this size)
-
-
-@dataclass
-class DenseOutputs:
-    """Per-cell predictions: ``logits`` [B, HW, K], ``boxes`` [B, HW, 4] cxcywh, cell ``centres`` [B, HW, 2]
-    (normalised to the unpadded image), ``valid`` [B, HW] (False on padding), ``cell_size`` [B, 2] (w, h)."""
-
-    logits: Tensor
-    boxes: Tensor
-    centres: Tensor
-    valid: Tensor
-    cell_size: Tensor
-
-
-class DenseHead(nn.Module):
-    """Class scores (K real classes) and a box for every encoder cell."""
-
-    def __init__(self, hidden_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.class_head = nn.Linear(hidden_dim, num_classes)
-        self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
-        nn.init.constant_(self.class_head.bias, -4.6)  # 1 % prior, as focal-loss heads
-        nn.init.zeros_(self.box_head.layers[-1].weight)
-        nn.init.zeros_(self.box_head.layers[-1].bias)
-
-    def forward(self, memory: Tensor, mask: Tensor) -> DenseOutputs:
-        """memory [B, C, h, w], padding mask [B, h, w] → ``DenseOutputs``."""
-        batch, _, height, width = memory.shape
-        valid = ~mask
-        rows = valid.any(dim=2).sum(dim=1).clamp(min=1).float()  # unpadded height in cells [B]
-        cols = valid.any(dim=1).sum(dim=1).clamp(min=1).float()
-        ys = (torch.arange(height, device=memory.device).float() + 0.5)[None, :, None] / rows[:, None, None]
-        xs = (torch.arange(width, device=memory.device).float() + 0.5)[None, None, :] / cols[:, None, None]
-        centres = torch.stack([xs.expand(batch, height, width), ys.expand(batch, height, width)], dim=-1).flatten(1, 2)
-        features = memory.flatten(2).transpose(1, 2)  # [B, HW, C]
-        anchors = torch.cat([centres, torch.full_like(centres, CELL_ANCHOR_SIZE)], dim=-1)
-        boxes = (self.box_head(features).float() + inverse_sigmoid(anchors)).sigmoid()
-        cell_size = torch.stack([1 / cols, 1 / rows], dim=-1)
-        return DenseOutputs(self.class_head(features).float(), boxes, centres, valid.flatten(1), cell_size)
 
 
 def assign_cells(dense: DenseOutputs, targets: list[dict[str, Tensor]]) -> Tensor:

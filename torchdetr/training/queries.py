@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..data.batching import NestedTensor, as_nested_tensor
+from ..models.dense_head import DenseHead, DenseOutputs
 from ..models.detr import DETR, MLP, make_outputs
-from .dense import DenseHead, DenseOutputs
 
 BOX_SINE_FEATS_PER_COORD = 32  # sine features per box coordinate fed to the box → position MLP
 
@@ -178,9 +178,8 @@ class TrainingQueries(nn.Module):
         layout = QueryLayout(num_dn=self.dn_groups * pad, pad_size=pad, dn_groups=self.dn_groups,
                              num_queries=self.num_queries, num_groups=self.num_groups)
         suffix = self.group_query_embed.weight if self.group_query_embed is not None else None
-        outputs_class, outputs_coord, *memory = model.forward_queries(
-            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device),
-            return_memory=self.dense_head is not None)
+        outputs_class, outputs_coord, extras = model.forward_queries(
+            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device))
 
         def part(index: slice) -> dict:
             return make_outputs(outputs_class[:, :, index], outputs_coord[:, :, index], model.aux_loss)
@@ -190,8 +189,10 @@ class TrainingQueries(nn.Module):
         if layout.num_dn > 0:
             result.dn_outputs = part(slice(0, layout.num_dn))
             result.dn_outputs["dn_valid"] = valid
-        if self.dense_head is not None:
-            result.dense = self.dense_head(*memory)
+        if "dense" in extras:  # two-stage models: their own dense head is supervised
+            result.dense = extras["dense"]
+        elif self.dense_head is not None:
+            result.dense = self.dense_head(extras["memory"], extras["mask"])
         return result
 
 

@@ -29,11 +29,11 @@ def build_training_model(
     model: nn.Module, criterion: SetCriterion, cfg: DETRConfig
 ) -> tuple[TrainingModel, TrainingCriterion] | None:
     """``(TrainingModel, TrainingCriterion)`` with query groups, denoising queries or the dense head, else None."""
-    if cfg.num_groups <= 1 and cfg.dn_groups <= 0 and not cfg.dense_head:
+    if cfg.num_groups <= 1 and cfg.dn_groups <= 0 and not cfg.dense_head and not cfg.two_stage:
         return None
     if cfg.masks:
         raise ValueError("--num_groups / --dn_groups / --dense_head are for detection training; not with --masks")
     queries = TrainingQueries(model, num_groups=cfg.num_groups, dn_groups=cfg.dn_groups,
                               dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise,
-                              dense_head=cfg.dense_head)
+                              dense_head=cfg.dense_head and not cfg.two_stage)
     return TrainingModel(model, queries), TrainingCriterion(criterion)
