@@ -299,3 +299,26 @@ def test_dense_head_trains_the_encoder_and_keeps_inference_unchanged():
     losses["loss_dense"].backward()
     assert model.transformer.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
     assert model.class_embed.weight.grad is None  # the dense head has its own heads
+
+
+def test_two_stage_anchors_are_the_top_scoring_dense_boxes():
+    _, model, _, _, _ = build(variant="dab", two_stage=True, num_queries=3)
+    model.eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
+    with torch.no_grad():
+        classes, coords, extras = model.forward_queries(images)
+    dense = extras["dense"]
+    scores = dense.logits.max(-1).values.masked_fill(~dense.valid, float("-inf"))
+    for b in range(2):
+        top = scores[b].topk(3).indices
+        expected = dense.boxes[b, top]
+        # box corrections start at zero: the first layer returns its anchors unchanged
+        torch.testing.assert_close(coords[0, b], expected, rtol=0, atol=1e-5)
+        assert dense.valid[b, top].all()  # padding cells are never selected
+
+
+def test_two_stage_is_refused_with_query_groups_and_needs_the_anchor_variant():
+    with pytest.raises(ValueError, match="--two_stage"):
+        DETRConfig(**TINY, two_stage=True)
+    with pytest.raises(ValueError, match="--two_stage"):
+        DETRConfig(**TINY, variant="dab", two_stage=True, num_groups=3)
