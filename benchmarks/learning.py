@@ -57,6 +57,12 @@ BASE = dict(
     backbone_weights="none", num_workers=0, seed=42,
 )
 
+# The best combination found: two-stage anchor variant with denoising, focal loss, DC5, bf16.
+BEST: dict[str, Any] = dict(
+    backbone_norm="batch", lr_backbone=2e-4, lr=2e-4, warmup_iters=100, variant="dab", two_stage=True, dn_groups=5,
+    cls_loss="focal", cls_loss_coef=2, set_cost_class=2, dilation=True, amp="bf16", channels_last=True, train_recipe="small",
+)
+
 # One row per technique and combination; each dict overrides BASE.
 ROWS: dict[str, dict[str, Any]] = {
     # the original recipe from scratch: frozen (uncalibrated) BatchNorm, stem + layer1 frozen, lr_backbone 1e-5
@@ -70,10 +76,18 @@ ROWS: dict[str, dict[str, Any]] = {
     "focal": dict(backbone_norm="batch", lr_backbone=1e-4, cls_loss="focal", set_cost_class=2),
     "schedule": dict(backbone_norm="batch", lr_backbone=1e-4, lr=2e-4, warmup_iters=200, ema=True),
     "dc5": dict(backbone_norm="batch", lr_backbone=1e-4, dilation=True),
-    # the best combination found
     "amp": dict(backbone_norm="batch", lr_backbone=1e-4, amp="bf16", channels_last=True),
-    "best": dict(backbone_norm="batch", lr_backbone=2e-4, lr=2e-4, warmup_iters=200, num_groups=5, dn_groups=5,
-                 cls_loss="focal", set_cost_class=2, dilation=True, ema=True, amp="bf16", channels_last=True),
+    "small-recipe": dict(backbone_norm="batch", lr_backbone=1e-4, train_recipe="small"),
+    "dense": dict(backbone_norm="batch", lr_backbone=1e-4, dense_head=True),
+    "dab": dict(backbone_norm="batch", lr_backbone=1e-4, variant="dab"),
+    "two-stage": dict(backbone_norm="batch", lr_backbone=1e-4, variant="dab", two_stage=True, cls_loss="focal",
+                      set_cost_class=2),
+    # the best plain-DETR combination (the model stays the original architecture)
+    "best-detr": dict(backbone_norm="batch", lr_backbone=2e-4, lr=2e-4, warmup_iters=100, num_groups=5, dn_groups=5,
+                      cls_loss="focal", set_cost_class=2, dilation=True, amp="bf16", channels_last=True,
+                      train_recipe="small"),
+    # the best combination found (= configs/quickstart.yaml's techniques)
+    "best": BEST,
 }
 
 BCCD = ROOT.parent / "shared" / "data" / "bccd"
@@ -214,12 +228,14 @@ def write_markdown(results: list[dict[str, Any]], machine: str, path: Path) -> N
         "Written by `benchmarks/learning.py` (see its docstring for the protocol). Model for every row: resnet18, "
         "hidden 128, 3+3 layers, FFN 512, 20 queries, batch 16, random initial weights; synthetic data: "
         f"{BASE['num_train']} training / {BASE['num_val']} validation images of 128 px (bccd rows: the real "
-        "blood-cell data at 256 px, 50 queries). Time = process CPU time / 2 threads (training only).",
+        "blood-cell data at 256 px, 50 queries). Time = process CPU time / threads (training only, evaluation "
+        "excluded); with 1 thread a minute is one core-minute, half of what a 2-core machine does in a minute, "
+        "so 1-thread rows understate what 2 cores reach in the same wall time.",
         "",
         f"Machine: {machine}",
         "",
-        "| dataset | row | techniques | it/s | AP@5 | AP50@5 | AP@10 | AP50@10 | AP@20 | AP50@20 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | row | techniques | threads | it/s | AP@5 | AP50@5 | AP@10 | AP50@10 | AP@20 | AP50@20 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         by_min = {round(p["minutes"]): p for p in r["points"]}
@@ -229,7 +245,8 @@ def write_markdown(results: list[dict[str, Any]], machine: str, path: Path) -> N
             cells += [f"{p['AP']:.3f}", f"{p['AP50']:.3f}"] if p else ["-", "-"]
         speed = r["points"][-1]["it_per_s"] if r["points"] else float("nan")
         techniques = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
-        lines.append(f"| {r['dataset']} | {r['row']} | {techniques} | {speed:.2f} | " + " | ".join(cells) + " |")
+        head = f"| {r['dataset']} | {r['row']} | {techniques} | {r.get('threads', 2)} | {speed:.2f} | "
+        lines.append(head + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -247,7 +264,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else []
     machine = machine_description()
     rows = dict(ROWS)
     if args.try_row:
@@ -258,7 +274,9 @@ def main() -> None:
     for name in args.rows:
         row = run_row(name, rows[name], args.minutes, args.threads, args.dataset)
         row["machine"] = machine
+        row["threads"] = args.threads
         row["date"] = time.strftime("%Y-%m-%d %H:%M")
+        results = json.loads(out.read_text()) if out.exists() else []  # re-read: parallel runs share the file
         results = [r for r in results if not (r["row"] == name and r["dataset"] == args.dataset)] + [row]
         out.write_text(json.dumps(results, indent=1))
         write_markdown(results, machine, out.with_suffix(".md"))

@@ -126,6 +126,16 @@ def test_default_weight_dict_replicates_for_aux_layers():
     assert default_weight_dict(aux_loss=False).keys() == {"loss_ce", "loss_bbox", "loss_giou"}
 
 
+def test_cls_loss_coef_weights_the_class_loss_of_every_layer():
+    from torchdetr import DETRConfig
+    from torchdetr.models.build import build_criterion
+
+    criterion = build_criterion(DETRConfig(num_classes=5, dec_layers=3, cls_loss_coef=2.5))
+    assert criterion.weight_dict["loss_ce"] == 2.5
+    assert criterion.weight_dict["loss_ce_0"] == criterion.weight_dict["loss_ce_1"] == 2.5
+    assert criterion.weight_dict["loss_bbox"] == 5  # the others keep their defaults
+
+
 # ------------------------------------------------------------------ checkpoint loading
 def _tiny_model(num_classes=3):
     cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,

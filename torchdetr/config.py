@@ -73,6 +73,7 @@ class DETRConfig:
     set_cost_giou: float = _opt(2, "GIoU weight in the matching cost", "matcher")
 
     # --- loss coefficients (original main.py) ---
+    cls_loss_coef: float = _opt(1, "classification loss weight (1 in the original; focal-loss DETRs use 2)", "loss")
     mask_loss_coef: float = _opt(1, "focal mask loss weight", "loss")
     dice_loss_coef: float = _opt(1, "dice mask loss weight", "loss")
     bbox_loss_coef: float = _opt(5, "L1 box loss weight", "loss")

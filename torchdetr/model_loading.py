@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
@@ -140,7 +141,14 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
         spec = OFFICIAL_MODELS[source]
         cfg = spec.config()
         model = build_detector(cfg)
-        checkpoint = load_checkpoint(spec.url)
+        try:
+            checkpoint = load_checkpoint(spec.url)
+        except (ConnectionError, URLError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConnectionError(
+                f"{source}: could not download its weights from {spec.url} ({reason}). Offline? Download the file "
+                f"where there is network access and pass its path instead: --model PATH/{Path(spec.url).name}"
+            ) from None
         load_model_state(model, checkpoint["model"], source=spec.url)
         names = dict(spec.categories)
     else:

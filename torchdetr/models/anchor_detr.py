@@ -118,6 +118,8 @@ class AnchorDETR(DETR):
             top = scores.topk(self.num_queries, dim=1).indices  # [B, Q]
             selected = torch.gather(dense.boxes, 1, top[..., None].expand(-1, -1, 4)).detach()
             anchors = inverse_sigmoid(selected).transpose(0, 1)  # [Q, B, 4]
+            # positions from the selected proposals, content learned (DINO's "mixed query selection": the
+            # gathered encoder features as content are ambiguous, a box-sized cell holding parts of several objects)
             output = self.tgt_embed.weight.unsqueeze(1).repeat(1, batch, 1).to(src.dtype)
         else:
             anchors = self.query_embed.weight

@@ -70,6 +70,7 @@ def build_criterion(cfg: DETRConfig) -> SetCriterion:
     matcher = build_matcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=cfg.cls_loss == "focal",
                             focal_alpha=cfg.focal_alpha)
     weight_dict = default_weight_dict(
+        cls_loss_coef=cfg.cls_loss_coef,
         bbox_loss_coef=cfg.bbox_loss_coef,
         giou_loss_coef=cfg.giou_loss_coef,
         mask_loss_coef=cfg.mask_loss_coef,

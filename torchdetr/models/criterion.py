@@ -194,6 +194,7 @@ class SetCriterion(nn.Module):
 
 def default_weight_dict(
     *,
+    cls_loss_coef: float = 1,
     bbox_loss_coef: float = 5,
     giou_loss_coef: float = 2,
     mask_loss_coef: float = 1,
@@ -203,7 +204,7 @@ def default_weight_dict(
     dec_layers: int = 6,
 ) -> dict[str, float]:
     """The original weighting: ce 1, bbox 5, giou 2 (+ mask 1, dice 1), repeated for aux layers."""
-    weight_dict: dict[str, float] = {"loss_ce": 1, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    weight_dict: dict[str, float] = {"loss_ce": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
     if masks:
         weight_dict["loss_mask"] = mask_loss_coef
         weight_dict["loss_dice"] = dice_loss_coef

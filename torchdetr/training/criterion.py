@@ -51,7 +51,8 @@ class TrainingCriterion(nn.Module):
             losses["loss_dn"] = self.denoising_loss(predictions.dn_outputs, targets, predictions.layout)
         if predictions.dense is not None:
             losses["loss_dense"] = dense_loss(
-                predictions.dense, targets, bbox_weight=self.criterion.weight_dict["loss_bbox"],
+                predictions.dense, targets, class_weight=2 * self.criterion.weight_dict["loss_ce"],
+                bbox_weight=self.criterion.weight_dict["loss_bbox"],
                 giou_weight=self.criterion.weight_dict["loss_giou"], focal_alpha=self.criterion.focal_alpha)
         return losses
 
