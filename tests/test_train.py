@@ -141,3 +141,19 @@ def test_distributed_training_with_torchrun_on_cpu(tmp_path):
     assert len(rows) == 1 and len(rows[0]["test_coco_eval_bbox"]) == 12
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=False)
     assert checkpoint["args"].num_classes == 6 and not any(k.startswith("module.") for k in checkpoint["model"])
+
+
+def test_quickstart_config_trains_and_evaluates_each_epoch(tmp_path):
+    """``configs/quickstart.yaml`` (README command 1) is a valid config whose techniques all run together."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    out = tmp_path / "quick"
+    args = ["train", "--config", str(config), "--num_train", "8", "--num_val", "4", "--image_size", "96",
+            "--epochs", "2", "--time_budget", "0", "--batch_size", "4", "--device", "cpu", "--output_dir", str(out)]
+    assert cli_main(args) == 0
+    rows = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and all(len(r["test_coco_eval_bbox"]) == 12 for r in rows)
+    saved = load_checkpoint(out / "checkpoint.pth")["args"]
+    assert (saved.variant, saved.two_stage, saved.cls_loss, saved.dn_groups) == ("dab", True, "focal", 5)
+    assert saved.backbone_weights == "none" and saved.num_classes == 6  # offline, classes inferred from the data

@@ -322,3 +322,10 @@ def test_two_stage_is_refused_with_query_groups_and_needs_the_anchor_variant():
         DETRConfig(**TINY, two_stage=True)
     with pytest.raises(ValueError, match="--two_stage"):
         DETRConfig(**TINY, variant="dab", two_stage=True, num_groups=3)
+
+
+def test_two_stage_with_fewer_cells_than_queries_is_a_clear_error():
+    _, model, _, _, _ = build(variant="dab", two_stage=True, num_queries=5)
+    model.eval()
+    with pytest.raises(ValueError, match=r"num_queries=5 .* 2x2=4"):
+        model.forward_queries([torch.rand(3, 64, 64)])  # stride 32: a 2x2 feature map

@@ -114,6 +114,11 @@ class AnchorDETR(DETR):
                                  "gives one-to-many supervision)")
             dense = self.enc_head(memory_map, spatial_mask)
             extras["dense"] = dense
+            if height * width < self.num_queries:
+                raise ValueError(
+                    f"--two_stage selects num_queries={self.num_queries} encoder cells, but this batch's feature map "
+                    f"has only {height}x{width}={height * width} (images too small for the backbone's stride): "
+                    "use larger images (--image_size) or fewer --num_queries")
             scores = dense.logits.max(-1).values.masked_fill(~dense.valid, float("-inf"))
             top = scores.topk(self.num_queries, dim=1).indices  # [B, Q]
             selected = torch.gather(dense.boxes, 1, top[..., None].expand(-1, -1, 4)).detach()
