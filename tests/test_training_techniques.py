@@ -324,8 +324,13 @@ def test_two_stage_is_refused_with_query_groups_and_needs_the_anchor_variant():
         DETRConfig(**TINY, variant="dab", two_stage=True, num_groups=3)
 
 
-def test_two_stage_with_fewer_cells_than_queries_is_a_clear_error():
-    _, model, _, _, _ = build(variant="dab", two_stage=True, num_queries=5)
+def test_two_stage_with_fewer_cells_than_queries_reuses_the_best_cells_in_turn():
+    _, model, _, _, _ = build(variant="dab", two_stage=True, num_queries=6)
     model.eval()
-    with pytest.raises(ValueError, match=r"num_queries=5 .* 2x2=4"):
-        model.forward_queries([torch.rand(3, 64, 64)])  # stride 32: a 2x2 feature map
+    with torch.no_grad():
+        classes, coords, extras = model.forward_queries([torch.rand(3, 64, 64)])  # stride 32: 2x2 cells
+    dense = extras["dense"]
+    order = dense.logits.max(-1).values[0].argsort(descending=True)
+    expected = dense.boxes[0, order[[0, 1, 2, 3, 0, 1]]]
+    torch.testing.assert_close(coords[0, 0], expected, rtol=0, atol=1e-5)
+    assert classes.shape[2] == 6

@@ -114,13 +114,12 @@ class AnchorDETR(DETR):
                                  "gives one-to-many supervision)")
             dense = self.enc_head(memory_map, spatial_mask)
             extras["dense"] = dense
-            if height * width < self.num_queries:
-                raise ValueError(
-                    f"--two_stage selects num_queries={self.num_queries} encoder cells, but this batch's feature map "
-                    f"has only {height}x{width}={height * width} (images too small for the backbone's stride): "
-                    "use larger images (--image_size) or fewer --num_queries")
             scores = dense.logits.max(-1).values.masked_fill(~dense.valid, float("-inf"))
-            top = scores.topk(self.num_queries, dim=1).indices  # [B, Q]
+            top = scores.topk(min(self.num_queries, height * width), dim=1).indices  # [B, Q] (fewer: tiny maps)
+            if top.shape[1] < self.num_queries:
+                # fewer cells than queries (very small images): reuse the best cells in turn; the learned
+                # content queries differ, so the duplicates do not collapse into one prediction
+                top = top[:, torch.arange(self.num_queries, device=top.device) % top.shape[1]]
             selected = torch.gather(dense.boxes, 1, top[..., None].expand(-1, -1, 4)).detach()
             anchors = inverse_sigmoid(selected).transpose(0, 1)  # [Q, B, 4]
             # positions from the selected proposals, content learned (DINO's "mixed query selection": the
