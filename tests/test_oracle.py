@@ -23,15 +23,21 @@ from .conftest import rebuild_oracle_checkpoint
 FIXTURES = ["tiny_r18_postnorm_sine", "tiny_r50_prenorm_learned_dc5", "tiny_r50_panoptic"]
 ATOL = 1e-5
 BOX_PIXEL_ATOL = 1e-3
-# Model-output tolerance per fixture. The resnet18 fixture is reproduced bit for bit here. The
-# resnet50 ones go through oneDNN's 1x1-convolution kernels, whose reduction blocking depends on
-# the CPU (cache sizes, ISA): on an AMD EPYC (AVX-512, no AMX) they differ from the oracle by up
-# to 8e-5 on logits of magnitude ~20. These random-weight models are chaotic: a relative 1e-7
-# (one float32 ulp) perturbation of input_proj's weights alone moves the logits by 5.7e-5
-# (measured), so 2e-4 is "the same computation up to float rounding", while any real difference
-# (a missing norm, a wrong scale, a transposed embedding) moves them by > 1e-1.
+# Model-output tolerance per fixture. oneDNN's convolution kernels choose their reduction blocking
+# from the CPU (cache sizes, ISA) and the thread count: on this AMD EPYC (AVX-512, no AMX) the
+# resnet18 fixture is reproduced bit for bit with 2 threads but differs by 1.6e-4 with 1 thread,
+# and the resnet50 ones differ from the oracle by up to 8e-5 on logits of magnitude ~20. These
+# random-weight models are chaotic: a relative 1e-7 (one float32 ulp) perturbation of input_proj's
+# weights alone moves the logits by 5.7e-5 (measured), so 2e-4 is "the same computation up to float
+# rounding", while any real difference (a missing norm, a wrong scale, a transposed embedding) moves
+# them by > 1e-1. The median difference must still be within 1e-5 (see assert_same_outputs). The
+# forward pass runs with ORACLE_THREADS threads (CI's 2 cores); with 1 thread oneDNN takes another
+# kernel path whose results differ from the oracle by ~5e-4 (median) on the resnet50 fixtures —
+# while staying exactly as close to the float64 computation as the oracle is, which
+# test_oracle_outputs_are_float32_roundings_of_our_float64_model checks on any machine.
 OUTPUT_ATOL = {"tiny_r18_postnorm_sine": 1e-5, "tiny_r50_prenorm_learned_dc5": 2e-4, "tiny_r50_panoptic": 2e-4}
 
+ORACLE_THREADS = 2
 _CACHE: dict[str, tuple] = {}
 
 
@@ -50,8 +56,13 @@ def oracle_case(name: str, out_dir):
         model.eval()
         inputs = fixture["inputs"]
         samples = NestedTensor(inputs["tensors_fp16"].float(), inputs["mask"])
-        with torch.no_grad():
-            outputs = model(samples)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(ORACLE_THREADS)
+        try:
+            with torch.no_grad():
+                outputs = model(samples)
+        finally:
+            torch.set_num_threads(threads)
         _CACHE[name] = (model, criterion, postprocessors, fixture, outputs)
     return _CACHE[name]
 
@@ -62,6 +73,9 @@ def assert_close(actual, expected, atol=ATOL, what=""):
 
 def assert_same_outputs(actual: dict, expected: dict, what: str, atol: float = ATOL) -> None:
     assert set(actual) == set(expected), f"{what}: output keys {sorted(actual)} != {sorted(expected)}"
+    # rounding moves a few outputs by up to atol; the typical output must still agree to 1e-5
+    typical = (actual["pred_logits"] - expected["pred_logits"]).abs().median().item()
+    assert typical <= ATOL, f"{what}: median |logit difference| {typical:.2e} > {ATOL}"
     assert_close(actual["pred_logits"], expected["pred_logits"], atol=atol, what=f"{what} pred_logits")
     assert_close(actual["pred_boxes"], expected["pred_boxes"], atol=atol, what=f"{what} pred_boxes")
     assert len(actual["aux_outputs"]) == len(expected["aux_outputs"])
@@ -103,6 +117,26 @@ def assert_same_bbox(results, expected, what: str) -> None:
 def test_model_outputs_match_original(name, oracle_dir):
     _, _, _, fixture, outputs = oracle_case(name, oracle_dir)
     assert_same_outputs(outputs, fixture["outputs"], name, atol=OUTPUT_ATOL[name])
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_oracle_outputs_are_float32_roundings_of_our_float64_model(name, oracle_dir):
+    """Machine-independent: the original's float32 outputs are as close to our model computed in
+    float64 as our own float32 outputs are (rounding), while any real difference would be >> 1e-2."""
+    import copy
+
+    model, _, _, fixture, outputs = oracle_case(name, oracle_dir)
+    inputs = fixture["inputs"]
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(NestedTensor(inputs["tensors_fp16"].double(), inputs["mask"]))
+    truth = exact["pred_logits"]
+    ours = (outputs["pred_logits"].double() - truth).abs()
+    oracle = (fixture["outputs"]["pred_logits"].double() - truth).abs()
+    assert oracle.max() <= 2 * ours.max() + 1e-6, f"{name}: oracle {oracle.max():.2e} vs rounding {ours.max():.2e}"
+    assert oracle.median() <= 2 * ours.median() + 1e-6, f"{name}: median {oracle.median():.2e} vs {ours.median():.2e}"
+    if "pred_masks" in exact:
+        masks = (fixture["outputs"]["pred_masks"].double() - exact["pred_masks"]).abs().max()
+        assert masks <= 2 * (outputs["pred_masks"].double() - exact["pred_masks"]).abs().max() + 1e-6
 
 
 @pytest.mark.parametrize("name", FIXTURES)
