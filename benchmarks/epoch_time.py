@@ -104,17 +104,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
     per_iteration, per_epoch, device = time_steps(flags, args.iterations)
-    line = (f"| {args.name} | `{' '.join(flags)}` | {device} | {per_iteration:.2f} | {per_epoch} | "
-            f"{per_iteration * per_epoch / 60:.1f} |")
+    machine = f"{device}: {machine_description()}, {args.threads} threads"
+    line = (f"| {args.name} | `{' '.join(flags)}` | {machine} | {per_iteration:.2f} | "
+            f"{per_epoch} | {per_iteration * per_epoch / 60:.1f} | {time.strftime('%Y-%m-%d')} |")
     print(line)
     if not RESULTS.exists():
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(
             "# Time per training epoch (projected from timed iterations)\n\n"
-            "Written by `benchmarks/epoch_time.py`; weights random (cost does not depend on them).\n\n"
-            "| run | flags | device | s/iteration | iterations/epoch | min/epoch |\n|---|---|---|---|---|---|\n")
+            "Written by `benchmarks/epoch_time.py`; weights random (cost does not depend on them). "
+            "Image sizes vary per batch with the training recipe: a projection from a few iterations.\n\n"
+            "| run | flags | machine | s/iteration | iterations/epoch | min/epoch | date |\n"
+            "|---|---|---|---|---|---|---|\n")
     with RESULTS.open("a") as f:
-        f.write(line + f" <!-- {machine_description()}, {time.strftime('%Y-%m-%d')} -->\n")
+        f.write(line + "\n")
 
 
 if __name__ == "__main__":
