@@ -8,5 +8,5 @@ cd "$(dirname "$0")"
 . .venv/bin/activate
 detr train --config configs/quickstart.yaml --output_dir outputs/quickstart "$@"
 echo
-echo "Next: detr predict <images> --model outputs/quickstart/checkpoint.pth --output outputs/predictions"
+echo "Next: detr predict <images> --model outputs/quickstart/checkpoint.pth --output outputs/predictions --threshold 0.3"
 echo "      detr plot logs outputs/quickstart"
