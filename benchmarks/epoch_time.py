@@ -17,6 +17,7 @@ Everything after ``--`` is ``detr train`` flags. One line per run is appended to
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import time
@@ -34,13 +35,11 @@ from torchdetr.cli.train import config_for_training  # noqa: E402
 from torchdetr.config import add_config_arguments  # noqa: E402
 from torchdetr.data.build import build_dataset, get_coco_api  # noqa: E402
 from torchdetr.engine.train import (  # noqa: E402
-    _to_device,
-    autocast_context,
     build_optimizer,
     make_loaders,
     resolve_device,
     seed_everything,
-    to_float,
+    train_one_epoch,
 )
 from torchdetr.models.build import build_model  # noqa: E402
 from torchdetr.training import build_training_model  # noqa: E402
@@ -49,7 +48,11 @@ RESULTS = ROOT / "benchmarks" / "results" / "epoch_time.md"
 
 
 def time_steps(train_flags: list[str], iterations: int) -> tuple[float, int, str]:
-    """(seconds per training iteration, iterations per epoch, device) for the given ``detr train`` flags."""
+    """(seconds per training iteration, iterations per epoch, device) for the given ``detr train`` flags.
+
+    Runs the engine's own ``train_one_epoch`` (the exact step ``detr train`` takes: autocast, losses,
+    clipping, optimizer, schedule) on the first ``iterations + 1`` batches, timing each step.
+    """
     parser = argparse.ArgumentParser(prog="detr train")
     parser.add_argument("--config")
     add_config_arguments(parser)
@@ -66,43 +69,42 @@ def time_steps(train_flags: list[str], iterations: int) -> tuple[float, int, str
         model.to(memory_format=torch.channels_last)
     training = build_training_model(model, criterion, cfg)
     module, loss_fn = training if training is not None else (model, criterion)
-    module.to(device).train()
+    module.to(device)
     loader, _ = make_loaders(dataset_train, dataset_val, cfg)
-    optimizer, _, _ = build_optimizer(module, cfg, len(loader))
-    seconds: list[float] = []
+    optimizer, lr_scheduler, per_iteration = build_optimizer(module, cfg, len(loader))
     threads = torch.get_num_threads()
-    for step, (samples, targets) in enumerate(loader):
-        if step > iterations:
-            break
-        start, cpu_start = time.perf_counter(), time.process_time()
-        samples, targets = _to_device(samples, targets, device, cfg.channels_last)
-        with autocast_context(device, cfg.amp):
-            predictions = module(samples, targets) if training is not None else module(samples)
-        loss = loss_fn.weighted_total(loss_fn(to_float(predictions), targets))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    marks: list[tuple[float, float]] = []  # (process CPU time, wall time) after each step
+
+    def mark(step: int) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        # on the CPU: process CPU time / threads (= wall time on an idle machine, fair on a busy one)
-        elapsed = wall if device.type == "cuda" else (time.process_time() - cpu_start) / threads
-        if step > 0:  # the first step pays for allocation and kernel selection
-            seconds.append(elapsed)
-        logging.info("step %d: %.2f s (wall %.2f s)", step, elapsed, wall)
-    return sum(seconds) / len(seconds), len(loader), str(device)
+        marks.append((time.process_time(), time.perf_counter()))
+        logging.info("step %d done", step)
+
+    train_one_epoch(module, loss_fn, itertools.islice(loader, iterations + 1), optimizer, device, 0, cfg,
+                    lr_scheduler=lr_scheduler if per_iteration else None, on_step=mark)
+    # the first step pays for allocation and kernel selection: time the ones after it
+    (cpu0, wall0), (cpu1, wall1) = marks[0], marks[-1]
+    steps = len(marks) - 1
+    if steps < 1:
+        raise SystemExit(f"the training set has only {len(marks)} batch(es): nothing to time after the warm-up step")
+    # on the CPU: process CPU time / threads (= wall time on an idle machine, fair on a busy one)
+    seconds = (wall1 - wall0) if device.type == "cuda" else (cpu1 - cpu0) / threads
+    return seconds / steps, len(loader), str(device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="what this run measures (a row label)")
-    parser.add_argument("--iterations", type=int, default=4, help="timed iterations (after one warm-up)")
+    parser.add_argument("--iterations", type=int, default=4, help="timed iterations (after one warm-up; at least 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then detr train flags")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    if args.iterations < 1:
+        parser.error(f"--iterations must be at least 1, got {args.iterations}")
     per_iteration, per_epoch, device = time_steps(flags, args.iterations)
     machine = f"{device}: {machine_description()}, {args.threads} threads"
     line = (f"| {args.name} | `{' '.join(flags)}` | {machine} | {per_iteration:.2f} | "

@@ -334,3 +334,28 @@ def test_two_stage_with_fewer_cells_than_queries_reuses_the_best_cells_in_turn()
     expected = dense.boxes[0, order[[0, 1, 2, 3, 0, 1]]]
     torch.testing.assert_close(coords[0, 0], expected, rtol=0, atol=1e-5)
     assert classes.shape[2] == 6
+
+
+def test_dense_class_targets_are_the_assigned_objects_labels():
+    """The focal class loss of the dense head equals one computed from targets built cell by cell."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    from torchdetr.training.dense import assign_cells, dense_loss
+
+    dense = _dense(4, 4, 4, 4, num_classes=5)
+    dense.logits = torch.cat([dense.logits, torch.randn_like(dense.logits)])  # a second image, same grid
+    for name in ("boxes", "centres", "valid", "cell_size"):
+        setattr(dense, name, torch.cat([getattr(dense, name)] * 2))
+    targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.75, 0.7, 0.3, 0.5]]), "labels": torch.tensor([4, 1])},
+               {"boxes": torch.tensor([[0.5, 0.5, 0.9, 0.9]]), "labels": torch.tensor([3])}]
+    assigned = assign_cells(dense, targets)
+    expected_targets = torch.zeros_like(dense.logits)
+    for b in range(2):
+        for cell in range(16):
+            if assigned[b, cell] >= 0:
+                expected_targets[b, cell, targets[b]["labels"][assigned[b, cell]]] = 1.0
+    assert expected_targets.sum() == (assigned >= 0).sum() >= 3  # every image has positives
+    expected = sigmoid_focal_loss(dense.logits.flatten(0, 1), expected_targets.flatten(0, 1), reduction="sum")
+    expected = expected / (assigned >= 0).sum()
+    actual = dense_loss(dense, targets, class_weight=1.0, bbox_weight=0.0, giou_weight=0.0)
+    assert actual.item() == pytest.approx(expected.item(), rel=1e-6)

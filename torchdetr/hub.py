@@ -88,50 +88,42 @@ def _build(name: str, pretrained: bool, num_classes: int, return_postprocessor: 
     return model, PostProcess()
 
 
-def _detection(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool):
-    return _build(name, pretrained, num_classes, return_postprocessor)
-
-
-def _panoptic(name: str, pretrained: bool, num_classes: int, threshold: float, return_postprocessor: bool):
-    return _build(name, pretrained, num_classes, return_postprocessor, threshold)
-
-
 def detr_resnet50(pretrained: bool = False, num_classes: int = 91, return_postprocessor: bool = False):
     """DETR R50 (42.0 AP on COCO val2017)."""
-    return _detection("detr_resnet50", pretrained, num_classes, return_postprocessor)
+    return _build("detr_resnet50", pretrained, num_classes, return_postprocessor)
 
 
 def detr_resnet50_dc5(pretrained: bool = False, num_classes: int = 91, return_postprocessor: bool = False):
     """DETR-DC5 R50 (43.3 AP): last stage dilated, stride 16."""
-    return _detection("detr_resnet50_dc5", pretrained, num_classes, return_postprocessor)
+    return _build("detr_resnet50_dc5", pretrained, num_classes, return_postprocessor)
 
 
 def detr_resnet101(pretrained: bool = False, num_classes: int = 91, return_postprocessor: bool = False):
     """DETR R101 (43.5 AP)."""
-    return _detection("detr_resnet101", pretrained, num_classes, return_postprocessor)
+    return _build("detr_resnet101", pretrained, num_classes, return_postprocessor)
 
 
 def detr_resnet101_dc5(pretrained: bool = False, num_classes: int = 91, return_postprocessor: bool = False):
     """DETR-DC5 R101 (44.9 AP)."""
-    return _detection("detr_resnet101_dc5", pretrained, num_classes, return_postprocessor)
+    return _build("detr_resnet101_dc5", pretrained, num_classes, return_postprocessor)
 
 
 def detr_resnet50_panoptic(pretrained: bool = False, num_classes: int = 250, threshold: float = 0.85,
                            return_postprocessor: bool = False):
     """DETR R50 with the panoptic mask head (43.4 PQ)."""
-    return _panoptic("detr_resnet50_panoptic", pretrained, num_classes, threshold, return_postprocessor)
+    return _build("detr_resnet50_panoptic", pretrained, num_classes, return_postprocessor, threshold)
 
 
 def detr_resnet50_dc5_panoptic(pretrained: bool = False, num_classes: int = 250, threshold: float = 0.85,
                                return_postprocessor: bool = False):
     """DETR-DC5 R50 with the panoptic mask head (44.6 PQ)."""
-    return _panoptic("detr_resnet50_dc5_panoptic", pretrained, num_classes, threshold, return_postprocessor)
+    return _build("detr_resnet50_dc5_panoptic", pretrained, num_classes, return_postprocessor, threshold)
 
 
 def detr_resnet101_panoptic(pretrained: bool = False, num_classes: int = 250, threshold: float = 0.85,
                             return_postprocessor: bool = False):
     """DETR R101 with the panoptic mask head (45.1 PQ)."""
-    return _panoptic("detr_resnet101_panoptic", pretrained, num_classes, threshold, return_postprocessor)
+    return _build("detr_resnet101_panoptic", pretrained, num_classes, return_postprocessor, threshold)
 
 
 def detr_demo(pretrained: bool = False, num_classes: int = 91) -> DETRdemo:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..data.batching import NestedTensor, as_nested_tensor
 from .backbone import Joiner
-from .dense_head import DenseHead, inverse_sigmoid
+from .dense_head import LOGIT_EPS, DenseHead
 from .detr import DETR, MLP, Outputs, make_outputs
 from .position_encoding import box_sine_encoding
 from .transformer import Transformer
@@ -40,7 +40,7 @@ from .transformer import Transformer
 INITIAL_ANCHOR_SIZE = 0.2  # w and h of the initial anchors, as a fraction of the image
 
 
-__all__ = ["AnchorDETR", "init_anchors", "inverse_sigmoid"]
+__all__ = ["AnchorDETR", "init_anchors"]
 
 
 def init_anchors(embedding: nn.Embedding, generator: torch.Generator | None = None) -> None:
@@ -49,7 +49,7 @@ def init_anchors(embedding: nn.Embedding, generator: torch.Generator | None = No
         n = embedding.weight.shape[0]
         centres = torch.rand(n, 2, generator=generator)
         sizes = torch.full((n, 2), INITIAL_ANCHOR_SIZE)
-        embedding.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], dim=1)))
+        embedding.weight.copy_(torch.logit(torch.cat([centres, sizes], dim=1), LOGIT_EPS))
 
 
 class AnchorDETR(DETR):
@@ -78,7 +78,7 @@ class AnchorDETR(DETR):
 
     def box_to_query(self, boxes: Tensor, box_pos: nn.Module | None) -> Tensor:
         """Denoising queries: the noised boxes are the anchors (no extra MLP)."""
-        return inverse_sigmoid(boxes)
+        return torch.logit(boxes, LOGIT_EPS)
 
     def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
         outputs_class, outputs_coord, _ = self.forward_queries(samples)
@@ -121,7 +121,7 @@ class AnchorDETR(DETR):
                 # content queries differ, so the duplicates do not collapse into one prediction
                 top = top[:, torch.arange(self.num_queries, device=top.device) % top.shape[1]]
             selected = torch.gather(dense.boxes, 1, top[..., None].expand(-1, -1, 4)).detach()
-            anchors = inverse_sigmoid(selected).transpose(0, 1)  # [Q, B, 4]
+            anchors = torch.logit(selected, LOGIT_EPS).transpose(0, 1)  # [Q, B, 4]
             # positions from the selected proposals, content learned (DINO's "mixed query selection": the
             # gathered encoder features as content are ambiguous, a box-sized cell holding parts of several objects)
             output = self.tgt_embed.weight.unsqueeze(1).repeat(1, batch, 1).to(src.dtype)
@@ -145,7 +145,7 @@ class AnchorDETR(DETR):
             output = layer(output, memory, tgt_mask=tgt_mask, memory_key_padding_mask=mask, pos=pos_embed,
                            query_pos=query_pos)
             hs = decoder.norm(output)
-            boxes = (self.bbox_embed(hs) + inverse_sigmoid(reference)).sigmoid()
+            boxes = (self.bbox_embed(hs) + torch.logit(reference, LOGIT_EPS)).sigmoid()
             classes.append(self.class_embed(hs))
             coords.append(boxes)
             reference = boxes.detach()

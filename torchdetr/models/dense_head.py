@@ -15,12 +15,7 @@ from .detr import MLP
 
 CELL_ANCHOR_SIZE = 0.2  # boxes are predicted relative to (cell centre, this size)
 FOCAL_PRIOR_BIAS = -4.6  # log(0.01 / 0.99): every class starts at a 1 % probability
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """logit(x), with x clamped to [eps, 1 − eps]."""
-    x = x.clamp(min=eps, max=1 - eps)
-    return torch.log(x / (1 - x))
+LOGIT_EPS = 1e-5  # boxes are clamped to [eps, 1 − eps] before torch.logit (inverse sigmoid)
 
 
 @dataclass
@@ -57,6 +52,6 @@ class DenseHead(nn.Module):
         centres = torch.stack([xs.expand(batch, height, width), ys.expand(batch, height, width)], dim=-1).flatten(1, 2)
         features = memory.flatten(2).transpose(1, 2)  # [B, HW, C]
         anchors = torch.cat([centres, torch.full_like(centres, CELL_ANCHOR_SIZE)], dim=-1)
-        boxes = (self.box_head(features).float() + inverse_sigmoid(anchors)).sigmoid()
+        boxes = (self.box_head(features).float() + torch.logit(anchors, LOGIT_EPS)).sigmoid()
         cell_size = torch.stack([1 / cols, 1 / rows], dim=-1)
         return DenseOutputs(self.class_head(features).float(), boxes, centres, valid.flatten(1), cell_size)

@@ -11,6 +11,7 @@ from ..data.batching import NestedTensor
 
 LEARNED_GRID_SIZE = 50  # rows/columns of the learned embedding tables (feature maps up to 50x50)
 BOX_SINE_TEMPERATURE = 10000
+BOX_SINE_FEATS = 32  # sine/cosine features per box coordinate
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -97,7 +98,7 @@ def build_position_encoding(hidden_dim: int, kind: str = "sine") -> nn.Module:
     raise ValueError(f"--position_embedding: unknown kind {kind!r} (sine or learned)")
 
 
-def box_sine_encoding(boxes: Tensor, feats: int = 32) -> Tensor:
+def box_sine_encoding(boxes: Tensor, feats: int = BOX_SINE_FEATS) -> Tensor:
     """Normalised cxcywh boxes [..., 4] → sine/cosine features [..., 4 * feats] (2π-scaled, as DETR)."""
     dim_t = torch.arange(feats, dtype=torch.float32, device=boxes.device)
     dim_t = BOX_SINE_TEMPERATURE ** (2 * (dim_t // 2) / feats)

@@ -11,6 +11,10 @@ from .queries import QueryLayout, TrainingOutputs
 
 Targets = list[dict[str, Tensor]]
 
+# the dense head's focal class loss is weighted 2 × the set loss's class weight (DINO's encoder loss
+# weight 2 with ce weight 1); its box losses take the set loss's weights
+DENSE_CLASS_WEIGHT_FACTOR = 2.0
+
 
 def denoising_indices(targets: Targets, layout: QueryLayout) -> list[tuple[Tensor, Tensor]]:
     """Known assignment of denoising queries: copy d, slot j ↔ ground-truth object j (per image)."""
@@ -51,7 +55,7 @@ class TrainingCriterion(nn.Module):
             losses["loss_dn"] = self.denoising_loss(predictions.dn_outputs, targets, predictions.layout)
         if predictions.dense is not None:
             losses["loss_dense"] = dense_loss(
-                predictions.dense, targets, class_weight=2 * self.criterion.weight_dict["loss_ce"],
+                predictions.dense, targets, class_weight=DENSE_CLASS_WEIGHT_FACTOR * self.criterion.weight_dict["loss_ce"],
                 bbox_weight=self.criterion.weight_dict["loss_bbox"],
                 giou_weight=self.criterion.weight_dict["loss_giou"], focal_alpha=self.criterion.focal_alpha)
         return losses

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..models.dense_head import DenseHead, DenseOutputs
 
@@ -57,18 +57,18 @@ def dense_loss(
     assigned = assign_cells(dense, targets)
     positive = assigned >= 0
     num_pos = max(int(positive.sum()), 1)
+    batch_index, cell_index = positive.nonzero(as_tuple=True)
+    # ground truth of every positive cell, in the same (image, cell) order
+    matched = torch.cat([t["boxes"][assigned[b][positive[b]]] for b, t in enumerate(targets)])
+    labels = torch.cat([t["labels"][assigned[b][positive[b]]] for b, t in enumerate(targets)])
     onehot = torch.zeros_like(dense.logits)
-    for b, target in enumerate(targets):
-        cells = positive[b].nonzero().squeeze(1)
-        if len(cells):
-            onehot[b, cells, target["labels"][assigned[b, cells]]] = 1.0
+    onehot[batch_index, cell_index, labels] = 1.0
     valid = dense.valid
     loss_cls = sigmoid_focal_loss(dense.logits[valid], onehot[valid], alpha=focal_alpha, reduction="sum") / num_pos
-    if not positive.any():
+    if len(matched) == 0:
         return class_weight * loss_cls
-    matched = torch.cat([t["boxes"][assigned[b][positive[b]]] for b, t in enumerate(targets)])
     predicted = dense.boxes[positive]
     loss_l1 = (predicted - matched).abs().sum() / num_pos
-    giou = torch.diag(generalized_box_iou(box_convert(predicted, "cxcywh", "xyxy"), box_convert(matched, "cxcywh", "xyxy")))
-    loss_giou = (1 - giou).sum() / num_pos
+    loss_giou = generalized_box_iou_loss(box_convert(predicted, "cxcywh", "xyxy"), box_convert(matched, "cxcywh", "xyxy"),
+                                         reduction="sum") / num_pos
     return class_weight * loss_cls + bbox_weight * loss_l1 + giou_weight * loss_giou

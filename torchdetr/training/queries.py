@@ -33,8 +33,7 @@ from torchvision.ops import box_convert
 from ..data.batching import NestedTensor, as_nested_tensor
 from ..models.dense_head import DenseHead, DenseOutputs
 from ..models.detr import DETR, MLP, make_outputs
-
-BOX_SINE_FEATS_PER_COORD = 32  # sine features per box coordinate fed to the box → position MLP
+from ..models.position_encoding import BOX_SINE_FEATS
 
 
 @dataclass
@@ -105,7 +104,7 @@ class TrainingQueries(nn.Module):
         if dn_groups > 0:
             self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim)
             if model.query_dim == hidden_dim:  # DETR: positions are embeddings; anchor models take boxes
-                self.box_pos = MLP(4 * BOX_SINE_FEATS_PER_COORD, hidden_dim, hidden_dim, 2)
+                self.box_pos = MLP(4 * BOX_SINE_FEATS, hidden_dim, hidden_dim, 2)
 
     @property
     def active(self) -> bool:
