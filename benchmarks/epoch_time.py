@@ -41,7 +41,7 @@ from torchdetr.engine.train import (  # noqa: E402
     seed_everything,
     train_one_epoch,
 )
-from torchdetr.models.build import build_model  # noqa: E402
+from torchdetr.losses.build import build_model  # noqa: E402
 from torchdetr.training import build_training_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "epoch_time.md"

@@ -1,7 +1,7 @@
 """Exported DETR vs eager PyTorch: export time, file size, max difference and inference speed.
 
 For each model (random weights) the script exports ONNX (run with onnxruntime) and a TorchScript
-trace, checks both against eager PyTorch on other image sizes (``torchdetr.export.validate_export``),
+trace, checks both against eager PyTorch on other image sizes (``torchdetr.inference.export.validate_export``),
 then times one image at the export size with the same number of threads for every engine. Runs
 are interleaved (eager, onnxruntime, TorchScript, eager, …) so that a change of machine load hits
 all engines alike; the baseline is eager PyTorch in the same process. One thread by default (see
@@ -26,8 +26,8 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from torchdetr import export
 from torchdetr.config import DETRConfig
+from torchdetr.inference import export
 from torchdetr.models.build import build_detector
 
 MODELS: dict[str, tuple[DETRConfig, tuple[int, int]]] = {

@@ -46,7 +46,7 @@ from torchdetr.engine.train import (  # noqa: E402
     seed_everything,
     to_float,
 )
-from torchdetr.models.build import build_model  # noqa: E402
+from torchdetr.losses.build import build_model  # noqa: E402
 from torchdetr.training import ModelEMA, build_training_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -115,8 +115,8 @@ def test_predict_errors_are_one_line(tmp_path, checkpoint, dataset, capsys, monk
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr("torchdetr.model_loading.load_checkpoint", offline)
-    monkeypatch.setattr("torchdetr.model_loading.build_detector", lambda cfg: torch.nn.Linear(1, 1))
+    monkeypatch.setattr("torchdetr.inference.loading.load_checkpoint", offline)
+    monkeypatch.setattr("torchdetr.inference.loading.build_detector", lambda cfg: torch.nn.Linear(1, 1))
     assert main(["predict", image, "--model", "detr_resnet50", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "detr_resnet50" in err and "download" in err and "\n" not in err
@@ -146,8 +146,8 @@ def test_visualize_attention_writes_the_two_pictures(tmp_path, checkpoint, datas
 def test_predict_with_onnx_matches_pytorch(tmp_path, checkpoint, dataset):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from torchdetr.export import export_onnx
-    from torchdetr.model_loading import load_model
+    from torchdetr.inference.export import export_onnx
+    from torchdetr.inference.loading import load_model
 
     loaded = load_model(checkpoint)
     onnx_path = tmp_path / "tiny.onnx"

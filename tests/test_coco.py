@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Subset
 
 from tests.conftest import DATA, require
 from torchdetr.config import DETRConfig
-from torchdetr.data.batching import NestedTensor, collate_fn
 from torchdetr.data.build import build_dataset, get_coco_api
 from torchdetr.data.coco import (
     CocoDetection,
@@ -24,6 +23,7 @@ from torchdetr.data.coco import (
     resolve_coco_layout,
 )
 from torchdetr.data.transforms import make_transforms
+from torchdetr.structures import NestedTensor, collate_fn
 
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 7, "name": "dog"}]
 

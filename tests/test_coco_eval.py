@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from torchdetr.engine.coco_eval import (
+from torchdetr.evaluation.coco import (
     STAT_DESCRIPTIONS,
     STAT_NAMES,
     CocoEvaluator,

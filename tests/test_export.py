@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchdetr import export
 from torchdetr.cli import main
 from torchdetr.config import DETRConfig
-from torchdetr.data.batching import nested_tensor_from_tensor_list
+from torchdetr.inference import export
 from torchdetr.models.build import build_detector
 from torchdetr.models.postprocess import PostProcess
+from torchdetr.structures import nested_tensor_from_tensor_list
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

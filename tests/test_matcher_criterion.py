@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from torchvision.ops import box_convert, generalized_box_iou
 
 from torchdetr import DETRConfig, build_model, load_checkpoint
-from torchdetr.checkpoint import load_model_state
-from torchdetr.models.criterion import default_weight_dict
-from torchdetr.models.matcher import HungarianMatcher
+from torchdetr.engine.checkpoint import load_model_state
+from torchdetr.losses.matcher import HungarianMatcher
+from torchdetr.losses.set_criterion import default_weight_dict
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -128,7 +128,7 @@ def test_default_weight_dict_replicates_for_aux_layers():
 
 def test_cls_loss_coef_weights_the_class_loss_of_every_layer():
     from torchdetr import DETRConfig
-    from torchdetr.models.build import build_criterion
+    from torchdetr.losses.build import build_criterion
 
     criterion = build_criterion(DETRConfig(num_classes=5, dec_layers=3, cls_loss_coef=2.5))
     assert criterion.weight_dict["loss_ce"] == 2.5

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from torchdetr import DETRConfig, build_model, hub
-from torchdetr.model_loading import config_from_checkpoint, infer_architecture, load_model
+from torchdetr.inference.loading import config_from_checkpoint, infer_architecture, load_model
 
 from .conftest import rebuild_oracle_checkpoint
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from torchdetr import DETRConfig, NestedTensor, build_model, load_checkpoint
-from torchdetr.checkpoint import checkpoint_args, load_model_state
+from torchdetr.engine.checkpoint import checkpoint_args, load_model_state
 from torchdetr.models.build import coco_panoptic_is_thing_map
 from torchdetr.models.postprocess import PostProcessPanoptic, rgb2id
 

@@ -15,8 +15,8 @@ from PIL import Image
 from torchdetr import Detector
 from torchdetr.config import DETRConfig
 from torchdetr.data.transforms import make_transforms
+from torchdetr.inference.detector import Detection, to_pil_image
 from torchdetr.models.build import build_detector
-from torchdetr.predict import Detection, to_pil_image
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=64,
             num_queries=10, num_classes=6, backbone_weights="none", image_size=128, dropout=0.0)

@@ -16,7 +16,6 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 
 from torchdetr.config import DETRConfig
-from torchdetr.data.batching import NestedTensor, collate_fn
 from torchdetr.data.build import build_dataset
 from torchdetr.data.coco import CocoDetection, category_names, implied_num_classes, resolve_coco_layout
 from torchdetr.data.synthetic import (
@@ -26,6 +25,7 @@ from torchdetr.data.synthetic import (
     split_seed,
     write_coco_folder,
 )
+from torchdetr.structures import NestedTensor, collate_fn
 
 
 def _pixels(dataset: SyntheticShapes, index: int) -> np.ndarray:

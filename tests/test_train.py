@@ -10,10 +10,10 @@ import torch
 
 from torchdetr import DETRConfig, build_model, load_checkpoint
 from torchdetr.cli import main as cli_main
-from torchdetr.data.batching import collate_fn
 from torchdetr.data.build import build_dataset
 from torchdetr.engine.train import TrainingDiverged, build_optimizer, train
-from torchdetr.model_loading import load_model
+from torchdetr.inference.loading import load_model
+from torchdetr.structures import collate_fn
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
             num_queries=8, backbone_weights="none", dataset_file="synthetic", num_train=16, num_val=8, image_size=64,

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from torchdetr import DETRConfig, build_model
+from torchdetr.losses.outputs import QueryLayout
+from torchdetr.losses.techniques import denoising_indices
 from torchdetr.models.postprocess import PostProcess
 from torchdetr.training import ModelEMA, build_lr_scheduler, build_training_model
-from torchdetr.training.criterion import denoising_indices
-from torchdetr.training.queries import QueryLayout, attention_mask
+from torchdetr.training.queries import attention_mask
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
             num_queries=4, num_classes=5, backbone_weights="none", dropout=0.0)
@@ -230,7 +231,7 @@ def test_dab_denoising_queries_start_at_the_noised_boxes_and_primary_is_isolated
 
 
 def test_dab_checkpoint_loads_with_the_right_variant(tmp_path):
-    from torchdetr.model_loading import load_model
+    from torchdetr.inference.loading import load_model
 
     cfg, model, _, _, _ = build(variant="dab")
     torch.save({"model": model.state_dict()}, tmp_path / "dab.pth")  # no args: inferred from the weights
@@ -241,7 +242,7 @@ def test_dab_checkpoint_loads_with_the_right_variant(tmp_path):
 
 # ------------------------------------------------------------------ dense one-to-many head
 def _dense(height, width, valid_rows, valid_cols, num_classes=3):
-    from torchdetr.training.dense import DenseHead
+    from torchdetr.losses.dense import DenseHead
 
     head = DenseHead(8, num_classes)
     mask = torch.ones(1, height, width, dtype=torch.bool)
@@ -250,7 +251,7 @@ def _dense(height, width, valid_rows, valid_cols, num_classes=3):
 
 
 def test_dense_cells_are_assigned_to_the_box_whose_centre_region_covers_them():
-    from torchdetr.training.dense import assign_cells
+    from torchdetr.losses.dense import assign_cells
 
     dense = _dense(4, 4, 4, 4)  # cells of 0.25; centres at 0.125, 0.375, 0.625, 0.875
     big = [0.5, 0.5, 1.0, 1.0]  # centre region ±0.25 → cells with centre in [0.25, 0.75]: the middle 2x2
@@ -263,7 +264,7 @@ def test_dense_cells_are_assigned_to_the_box_whose_centre_region_covers_them():
 
 
 def test_dense_padding_cells_are_never_positive_and_centres_follow_the_unpadded_image():
-    from torchdetr.training.dense import assign_cells
+    from torchdetr.losses.dense import assign_cells
 
     dense = _dense(4, 6, 2, 3)  # valid 2 rows x 3 cols
     torch.testing.assert_close(dense.centres[0].view(4, 6, 2)[0, 0], torch.tensor([1 / 6, 1 / 4]))
@@ -273,7 +274,7 @@ def test_dense_padding_cells_are_never_positive_and_centres_follow_the_unpadded_
 
 
 def test_dense_box_losses_vanish_for_exact_boxes():
-    from torchdetr.training.dense import assign_cells, dense_loss
+    from torchdetr.losses.dense import assign_cells, dense_loss
 
     dense = _dense(4, 4, 4, 4)
     target = {"boxes": torch.tensor([[0.5, 0.5, 0.6, 0.4]]), "labels": torch.tensor([2])}
@@ -340,7 +341,7 @@ def test_dense_class_targets_are_the_assigned_objects_labels():
     """The focal class loss of the dense head equals one computed from targets built cell by cell."""
     from torchvision.ops import sigmoid_focal_loss
 
-    from torchdetr.training.dense import assign_cells, dense_loss
+    from torchdetr.losses.dense import assign_cells, dense_loss
 
     dense = _dense(4, 4, 4, 4, num_classes=5)
     dense.logits = torch.cat([dense.logits, torch.randn_like(dense.logits)])  # a second image, same grid

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from torchdetr.config import DETRConfig
-from torchdetr.data.batching import nested_tensor_from_tensor_list
+from torchdetr.inference.attention import AttentionMaps, capture_attention
+from torchdetr.inference.detector import Detection
 from torchdetr.models.build import build_detector
-from torchdetr.predict import Detection
-from torchdetr.viz.attention import AttentionMaps, capture_attention
+from torchdetr.structures import nested_tensor_from_tensor_list
 from torchdetr.viz.attention_plots import decoder_attention_figure, default_reference_points, encoder_attention_figure
 
 from .test_predict import TINY

@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 # public name → module that defines it
 _EXPORTS = {
     "DETRConfig": "torchdetr.config",
-    "NestedTensor": "torchdetr.data.batching",
-    "nested_tensor_from_tensor_list": "torchdetr.data.batching",
-    "build_model": "torchdetr.models.build",
-    "load_checkpoint": "torchdetr.checkpoint",
-    "load_model": "torchdetr.model_loading",
-    "Detector": "torchdetr.predict",
+    "NestedTensor": "torchdetr.structures",
+    "nested_tensor_from_tensor_list": "torchdetr.structures",
+    "build_model": "torchdetr.losses.build",
+    "load_checkpoint": "torchdetr.engine.checkpoint",
+    "load_model": "torchdetr.inference.loading",
+    "Detector": "torchdetr.inference.detector",
     "train": "torchdetr.engine.train",
 }
 
@@ -28,13 +28,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_checkpoint
     from .config import DETRConfig
-    from .data.batching import NestedTensor, nested_tensor_from_tensor_list
+    from .engine.checkpoint import load_checkpoint
     from .engine.train import train
-    from .model_loading import load_model
-    from .models.build import build_model
-    from .predict import Detector
+    from .inference.detector import Detector
+    from .inference.loading import load_model
+    from .losses.build import build_model
+    from .structures import NestedTensor, nested_tensor_from_tensor_list
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_file(args: argparse.Namespace) -> int:
-    from ..engine.coco_eval import evaluate_results_file, format_per_class_table, format_stats_table
+    from ..evaluation.coco import evaluate_results_file, format_per_class_table, format_stats_table
 
     report = evaluate_results_file(Path(args.ann), Path(args.results), iou_type=args.iou_type, backend=args.backend,
                                    ignore_unknown_categories=args.ignore_unknown_categories)
@@ -50,10 +50,10 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
+    from ..engine.checkpoint import load_checkpoint
     from ..engine.train import train
-    from ..hub import OFFICIAL_MODELS
-    from ..model_loading import ARCHITECTURE_FIELDS, config_from_checkpoint
+    from ..inference.loading import ARCHITECTURE_FIELDS, config_from_checkpoint
+    from ..models.zoo import OFFICIAL_MODELS
 
     source = args.model or args.resume
     if not source:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import UserError
 
-FORMATS = ("onnx", "torchscript", "program")  # = torchdetr.export.FORMATS (not imported: keeps --help fast)
+FORMATS = ("onnx", "torchscript", "program")  # = torchdetr.inference.export.FORMATS (not imported: keeps --help fast)
 ASPECT = 4 / 3  # the export sample is image_size × image_size·4/3 (800 → 800×1066), a typical COCO image
 
 
@@ -39,8 +39,8 @@ def add_parser(subparsers) -> None:
 
 def _load(name_or_path: str):
     """``load_model`` with download/read failures turned into one-line user errors."""
-    from ..hub import OFFICIAL_MODELS
-    from ..model_loading import load_model
+    from ..inference.loading import load_model
+    from ..models.zoo import OFFICIAL_MODELS
 
     try:
         return load_model(name_or_path, device="cpu")
@@ -59,7 +59,7 @@ def _load(name_or_path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import export
+    from ..inference import export
 
     fmt = args.format or export.format_from_path(args.output)
     if args.opset is not None and fmt != "onnx":

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.build import build_model
+    from ..losses.build import build_model
 
     cfg: DETRConfig = config_from_args(args)
     model, criterion, postprocessors = build_model(cfg)

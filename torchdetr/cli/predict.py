@@ -133,7 +133,7 @@ def coco_results(detections, image_id: int, file_name: str) -> list[dict]:
 
 
 def _load_detector(args: argparse.Namespace):
-    from ..predict import Detector
+    from ..inference.detector import Detector
 
     if bool(args.model) == bool(args.onnx):
         raise UserError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..predict import to_pil_image
+    from ..inference.detector import to_pil_image
     from ..viz.draw import draw_detections
 
     if args.batch_size < 1:

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from ..predict import Detector, to_pil_image
+    from ..inference.detector import Detector, to_pil_image
     from ..viz.attention_plots import decoder_attention_figure, default_reference_points, encoder_attention_figure
 
     if not 0 <= args.threshold < 1:

@@ -1,17 +1,175 @@
-"""Training checkpoints in the official DETR layout: model, optimizer, lr_scheduler, epoch, args."""
+"""Checkpoint files, read and written in one place.
+
+Reading is safe (``weights_only``): official DETR ``.pth`` files, our own, bare state dicts, safetensors,
+URLs. Writing is the official training layout (``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
+``args``), atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import DETRConfig
 
+log = logging.getLogger(__name__)
+
+# Objects that official/our training checkpoints pickle besides tensors (``args``).
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+
+def _is_url(path: str) -> bool:
+    return path.startswith(("http://", "https://"))
+
+
+def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint into a dict holding at least ``"model"`` (a state dict).
+
+    Accepts the official layout (``{"model", "optimizer", "lr_scheduler", "epoch", "args"}`` or only
+    ``{"model"}``), a bare state dict, a ``.safetensors`` file, a local path or an https URL
+    (downloaded into torch's hub cache; a hash suffix in the file name is verified). Files are
+    read with ``weights_only=True``: only tensors, containers and ``argparse.Namespace`` are
+    accepted, so a malicious file cannot run code.
+    """
+    source = str(path_or_url)
+    if source.endswith(".safetensors") and not _is_url(source):
+        from safetensors.torch import load_file
+
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        return {"model": load_file(source, device=str(map_location))}
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            if _is_url(source):
+                try:
+                    checkpoint = torch.hub.load_state_dict_from_url(
+                        source, map_location=map_location, check_hash=True, weights_only=True
+                    )
+                except URLError as err:
+                    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(source).name
+                    raise ConnectionError(
+                        f"could not download {source} ({err.reason}). Offline? Download it where there is network "
+                        f"access and pass the file's path instead, or copy it to {cache}"
+                    ) from None
+            else:
+                if not Path(source).is_file():
+                    raise FileNotFoundError(f"checkpoint not found: {source}")
+                checkpoint = torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{source}: refused to load: the file contains objects other than tensors and plain "
+            f"containers ({str(err).splitlines()[0]}). Only load files you trust; if you do, "
+            "convert it with torch.load(..., weights_only=False) and save its state dict."
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        if isinstance(err, RuntimeError) and "hash" in str(err).lower():
+            raise
+        raise ValueError(f"{source}: not a readable PyTorch checkpoint ({err})") from None
+    return normalize_checkpoint(checkpoint, source)
+
+
+def normalize_checkpoint(checkpoint: Any, source: str = "checkpoint") -> dict[str, Any]:
+    """Wrap a bare state dict as ``{"model": ...}``; strip a DDP ``module.`` prefix."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source}: expected a dict (state dict or {{'model': ...}}), got {type(checkpoint).__name__}")
+    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+        result = dict(checkpoint)
+    elif "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        result = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+        result["model"] = checkpoint["state_dict"]
+    elif checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
+        result = {"model": dict(checkpoint)}
+    else:
+        raise ValueError(
+            f"{source}: no model weights found (expected a 'model' entry or a state dict; "
+            f"keys: {', '.join(list(map(str, checkpoint))[:6])})"
+        )
+    state = result["model"]
+    if state and all(k.startswith("module.") for k in state):
+        result["model"] = {k[len("module."):]: v for k, v in state.items()}
+    return result
+
+
+def checkpoint_args(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The training options stored in a checkpoint (``args`` Namespace or dict), or ``{}``."""
+    args = checkpoint.get("args")
+    if args is None:
+        return {}
+    if isinstance(args, argparse.Namespace):
+        return vars(args).copy()
+    if isinstance(args, Mapping):
+        return dict(args)
+    return {}
+
+
+def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
+    """K from the class head (``class_embed.weight`` has K+1 rows), with or without ``detr.``."""
+    for key in ("class_embed.weight", "detr.class_embed.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0]) - 1
+    return None
+
+
+def load_model_state(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    strict: bool = True,
+    reinit_class_head: bool = False,
+    source: str = "checkpoint",
+) -> list[str]:
+    """Load weights into ``model`` with a clear message on mismatch.
+
+    With ``reinit_class_head`` a class head of a different size (fine-tuning to another number
+    of classes) is skipped and left at its fresh initialisation; the skipped keys are returned.
+    """
+    own = model.state_dict()
+    state = dict(state_dict)
+    skipped: list[str] = []
+    if reinit_class_head:
+        for key in list(state):
+            if key.endswith(("class_embed.weight", "class_embed.bias")) and key in own and own[key].shape != state[key].shape:
+                skipped.append(key)
+                del state[key]
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    if shape_errors:
+        hint = ""
+        if any("class_embed" in e for e in shape_errors):
+            hint = (" The class head differs: set --num_classes to the checkpoint's class count, or fine-tune "
+                    "with --pretrained, which re-initialises the class head.")
+        raise ValueError(f"{source}: weights do not fit the model ({'; '.join(shape_errors[:4])}).{hint}")
+    if strict and not skipped:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: weights do not fit the model: "
+                f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}. "
+                "Check --backbone, --masks, --dilation, --position_embedding, --pre_norm and the layer counts."
+            )
+        model.load_state_dict(state, strict=True)
+    else:
+        model.load_state_dict(state, strict=False)
+    if skipped:
+        log.info("class head re-initialised (checkpoint has %d classes, model %d): %s",
+                 state_dict[skipped[0]].shape[0] - 1, own[skipped[0]].shape[0] - 1, ", ".join(skipped))
+    return skipped
+
+
+# ---------------------------------------------------------------- writing
 CHECKPOINT_NAME = "checkpoint.pth"
 EXTRA_CHECKPOINT_EVERY = 100  # epochs, as the original (plus one at the LR drop)
 

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import DETRConfig
-from ..models.criterion import SetCriterion
+from ..losses.set_criterion import SetCriterion
 from . import distributed as du
 
 log = logging.getLogger("torchdetr.evaluate")
@@ -57,7 +57,7 @@ def evaluate(
     Writes ``output_dir/eval/latest.pth`` (COCOeval arrays for PR curves) and
     ``output_dir/detections_bbox.json`` (COCO results) when ``output_dir`` is set.
     """
-    from .coco_eval import CocoEvaluator, format_per_class_table, format_stats_table
+    from ..evaluation.coco import CocoEvaluator, format_per_class_table, format_stats_table
     from .train import LossAverager, _is_interactive, _to_device, autocast_context, to_float
 
     model.eval()

@@ -28,14 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_model_state
 from ..config import DETRConfig
-from ..data.batching import collate_fn
-from ..models.build import build_model
-from ..models.criterion import SetCriterion
+from ..losses.build import build_model
+from ..losses.set_criterion import SetCriterion
+from ..structures import collate_fn
 from ..training import ModelEMA, TrainingModel, build_lr_scheduler, build_training_model
 from . import distributed as du
-from .checkpoint import checkpoint_dict, checkpoint_paths, save_atomic, unwrap
+from .checkpoint import checkpoint_dict, checkpoint_paths, load_checkpoint, load_model_state, save_atomic, unwrap
 from .evaluate import EvalResult, evaluate
 
 log = logging.getLogger("torchdetr.train")
@@ -287,7 +286,7 @@ def _load_start_weights(model: nn.Module, cfg: DETRConfig) -> str:
         load_model_state(bare.detr, checkpoint["model"], source=cfg.frozen_weights)
         return f"detection weights from {cfg.frozen_weights} (frozen)"
     if cfg.pretrained:
-        from ..hub import OFFICIAL_MODELS
+        from ..models.zoo import OFFICIAL_MODELS
 
         source = OFFICIAL_MODELS[cfg.pretrained].url if cfg.pretrained in OFFICIAL_MODELS else cfg.pretrained
         checkpoint = load_checkpoint(source)

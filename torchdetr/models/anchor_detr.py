@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.batching import NestedTensor, as_nested_tensor
+from ..structures import NestedTensor, as_nested_tensor
 from .backbone import Joiner
-from .dense_head import LOGIT_EPS, DenseHead
 from .detr import DETR, MLP, Outputs, make_outputs
+from .heads import LOGIT_EPS, DenseHead
 from .position_encoding import box_sine_encoding
 from .transformer import Transformer
 

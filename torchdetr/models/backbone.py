@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..data.batching import NestedTensor
+from ..structures import NestedTensor
 from .position_encoding import build_position_encoding
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Build model, criterion and post-processors from a ``DETRConfig``, as the original ``build(args)``."""
+"""Build the model and its post-processors from a ``DETRConfig`` (the criterion: ``losses.build``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from torch import nn
 from ..config import DETRConfig
 from .anchor_detr import AnchorDETR
 from .backbone import build_backbone
-from .criterion import SetCriterion, default_weight_dict
 from .detr import DETR
-from .matcher import build_matcher
 from .postprocess import PostProcess, PostProcessPanoptic, PostProcessSegm
 from .segmentation import DETRsegm
 from .transformer import build_transformer
@@ -65,25 +63,6 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
     return model
 
 
-def build_criterion(cfg: DETRConfig) -> SetCriterion:
-    """The set criterion with ``main.py``'s weighting."""
-    matcher = build_matcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=cfg.cls_loss == "focal",
-                            focal_alpha=cfg.focal_alpha)
-    weight_dict = default_weight_dict(
-        cls_loss_coef=cfg.cls_loss_coef,
-        bbox_loss_coef=cfg.bbox_loss_coef,
-        giou_loss_coef=cfg.giou_loss_coef,
-        mask_loss_coef=cfg.mask_loss_coef,
-        dice_loss_coef=cfg.dice_loss_coef,
-        masks=cfg.masks,
-        aux_loss=cfg.aux_loss,
-        dec_layers=cfg.dec_layers,
-    )
-    losses = ["labels", "boxes", "cardinality"] + (["masks"] if cfg.masks else [])
-    return SetCriterion(cfg.num_classes, matcher=matcher, weight_dict=weight_dict,
-                        eos_coef=cfg.eos_coef, losses=losses, cls_loss=cfg.cls_loss, focal_alpha=cfg.focal_alpha)
-
-
 def build_postprocessors(cfg: DETRConfig, panoptic_threshold: float = 0.85) -> dict[str, nn.Module]:
     """``{"bbox"}`` plus ``"segm"`` and ``"panoptic"`` for mask models."""
     postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(focal=cfg.cls_loss == "focal")}
@@ -94,9 +73,3 @@ def build_postprocessors(cfg: DETRConfig, panoptic_threshold: float = 0.85) -> d
                 coco_panoptic_is_thing_map(cfg.num_classes), threshold=panoptic_threshold
             )
     return postprocessors
-
-
-def build_model(cfg: DETRConfig | None = None) -> tuple[DETR | DETRsegm, SetCriterion, dict[str, nn.Module]]:
-    """``(model, criterion, postprocessors)`` exactly as the original ``models.build(args)``."""
-    cfg = cfg or DETRConfig()
-    return build_detector(cfg), build_criterion(cfg), build_postprocessors(cfg)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.batching import NestedTensor, as_nested_tensor
+from ..structures import NestedTensor, as_nested_tensor
 from .backbone import Joiner
 from .position_encoding import box_sine_encoding
 from .transformer import Transformer

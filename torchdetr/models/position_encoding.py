@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..data.batching import NestedTensor
+from ..structures import NestedTensor
 
 LEARNED_GRID_SIZE = 50  # rows/columns of the learned embedding tables (feature maps up to 50x50)
 BOX_SINE_TEMPERATURE = 10000

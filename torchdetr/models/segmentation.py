@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.batching import NestedTensor, as_nested_tensor
+from ..structures import NestedTensor, as_nested_tensor
 from .detr import DETR, Outputs, aux_outputs
 
 GROUP_NORM_GROUPS = 8

@@ -24,35 +24,15 @@ dummy queries that get no loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from ..data.batching import NestedTensor, as_nested_tensor
-from ..models.dense_head import DenseHead, DenseOutputs
+from ..losses.outputs import QueryLayout, TrainingOutputs
 from ..models.detr import DETR, MLP, make_outputs
+from ..models.heads import DenseHead
 from ..models.position_encoding import BOX_SINE_FEATS
-
-
-@dataclass
-class QueryLayout:
-    """Where each kind of query sits in the decoder's query axis."""
-
-    num_dn: int  # dn_groups * pad_size
-    pad_size: int  # P: objects per denoising group (padded to the batch's largest)
-    dn_groups: int
-    num_queries: int  # Q: the model's own queries (one group)
-    num_groups: int
-
-    @property
-    def total(self) -> int:
-        return self.num_dn + self.num_queries * self.num_groups
-
-    def group_slice(self, g: int) -> slice:
-        start = self.num_dn + g * self.num_queries
-        return slice(start, start + self.num_queries)
+from ..structures import NestedTensor, as_nested_tensor
 
 
 def attention_mask(layout: QueryLayout, device: torch.device | None = None) -> Tensor:
@@ -193,14 +173,3 @@ class TrainingQueries(nn.Module):
         elif self.dense_head is not None:
             result.dense = self.dense_head(extras["memory"], extras["mask"])
         return result
-
-
-@dataclass
-class TrainingOutputs:
-    """What a training forward pass with extra queries produces."""
-
-    outputs: dict  # the model's own queries: pred_logits, pred_boxes, aux_outputs
-    layout: QueryLayout
-    group_outputs: list[dict] = field(default_factory=list)  # one dict per extra query group
-    dn_outputs: dict | None = None  # denoising predictions (+ aux_outputs, dn_valid)
-    dense: DenseOutputs | None = None  # dense head predictions on the encoder memory

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import DETRConfig
-from ..models.criterion import SetCriterion
-from .criterion import TrainingCriterion
+from ..losses.set_criterion import SetCriterion
+from ..losses.techniques import TrainingCriterion
 from .queries import TrainingQueries
 
 

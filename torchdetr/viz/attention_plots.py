@@ -17,7 +17,7 @@ from matplotlib.patches import Circle, Rectangle
 from PIL import Image
 from torch import Tensor
 
-from .attention import AttentionMaps
+from ..inference.attention import AttentionMaps
 from .draw import class_color
 
 PANEL_INCHES = 3.2  # width of one panel

@@ -32,7 +32,7 @@ HALO_WIDTH = 1
 
 
 class DrawableDetection(Protocol):
-    """What ``draw_detections`` needs of a detection (``torchdetr.predict.Detection`` fits)."""
+    """What ``draw_detections`` needs of a detection (``torchdetr.inference.detector.Detection`` fits)."""
 
     box: tuple[float, float, float, float]
     score: float

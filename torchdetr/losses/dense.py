@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..models.dense_head import DenseHead, DenseOutputs
+from ..models.heads import DenseHead, DenseOutputs
 
 __all__ = ["DenseHead", "DenseOutputs", "assign_cells", "dense_loss"]
 

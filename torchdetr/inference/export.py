@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data.batching import NestedTensor, as_nested_tensor, nested_tensor_from_tensor_list
-from .models.detr import DETR
-from .models.segmentation import DETRsegm
+from ..models.detr import DETR
+from ..models.segmentation import DETRsegm
+from ..structures import NestedTensor, as_nested_tensor, nested_tensor_from_tensor_list
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _export(wrapper: ExportWrapper, inputs: tuple[Tensor, Tensor], dynamic: bool
 
 def default_metadata(model: nn.Module, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Key → text stored in exported files: version, classes, queries, masks, input convention, + ``extra``."""
-    from . import __version__
+    from .. import __version__
 
     wrapper = ExportWrapper(model)
     values = {

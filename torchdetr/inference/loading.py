@@ -18,11 +18,11 @@ from urllib.error import URLError
 import torch
 from torch import Tensor, nn
 
-from .categories import COCO_CATEGORIES
-from .checkpoint import checkpoint_args, infer_num_classes, load_checkpoint, load_model_state
-from .config import DETRConfig
-from .hub import OFFICIAL_MODELS
-from .models.build import build_detector
+from ..categories import COCO_CATEGORIES
+from ..config import DETRConfig
+from ..engine.checkpoint import checkpoint_args, infer_num_classes, load_checkpoint, load_model_state
+from ..models.build import build_detector
+from ..models.zoo import OFFICIAL_MODELS
 
 log = logging.getLogger(__name__)
 

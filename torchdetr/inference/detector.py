@@ -25,12 +25,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .config import DETRConfig
-from .data.batching import NestedTensor, nested_tensor_from_tensor_list
-from .models.postprocess import PostProcess
+from ..config import DETRConfig
+from ..models.postprocess import PostProcess
+from ..structures import NestedTensor, nested_tensor_from_tensor_list
 
 if TYPE_CHECKING:
-    from .viz.attention import AttentionMaps
+    from .attention import AttentionMaps
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def default_max_size(image_size: int) -> int:
 def _validation_size(cfg: DETRConfig) -> tuple[int, int | None]:
     """(shorter side, longer-side cap) of the validation resize the model was trained with."""
     if cfg.dataset_file == "synthetic":
-        from .data.build import synthetic_image_size
+        from ..data.build import synthetic_image_size
 
         size = synthetic_image_size(cfg)
         return size, cfg.max_size if cfg.max_size is not None else default_max_size(size)
@@ -192,7 +192,7 @@ class Detector:
         ``image_size``/``max_size`` default to the checkpoint's training options (800/1333 for
         the official models).
         """
-        from .model_loading import load_model
+        from .loading import load_model
 
         resolved = resolve_device(device)
         loaded = load_model(name_or_path, device=resolved)  # download failures: ConnectionError with advice
@@ -255,7 +255,7 @@ class Detector:
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB PIL image → normalised [3, H', W'] tensor (resized as in the original validation)."""
         if self._transform is None:
-            from .data.transforms import make_transforms
+            from ..data.transforms import make_transforms
 
             self._transform = make_transforms("val", self.image_size, self.max_size)
         tensor, _ = self._transform(image, None)
@@ -328,7 +328,7 @@ class Detector:
         to 1 over valid cells), both averaged over heads, and the image's detections. Captured
         with forward hooks that are removed afterwards; the model is not changed.
         """
-        from .viz.attention import AttentionMaps, capture_attention
+        from .attention import AttentionMaps, capture_attention
 
         if not isinstance(self.model, nn.Module):
             raise ValueError("attention maps need a PyTorch model (this detector runs an exported model)")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from ..data.batching import nested_tensor_from_tensor_list
+from ..structures import nested_tensor_from_tensor_list
 from .matcher import HungarianMatcher, Indices
 
 Targets = list[dict[str, Tensor]]

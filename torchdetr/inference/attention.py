@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from ..predict import Detection
+    from .detector import Detection
 
 
 @dataclass

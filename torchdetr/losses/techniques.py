@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..models.criterion import SetCriterion, world_average_num_boxes
 from .dense import dense_loss
-from .queries import QueryLayout, TrainingOutputs
+from .outputs import QueryLayout, TrainingOutputs
+from .set_criterion import SetCriterion, world_average_num_boxes
 
 Targets = list[dict[str, Tensor]]
 
