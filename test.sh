@@ -5,4 +5,5 @@ cd "$(dirname "$0")"
 ./scripts/setup.sh
 . .venv/bin/activate
 ruff check .
+lint-imports --no-cache
 python -m pytest -q "$@"

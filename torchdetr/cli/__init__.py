@@ -27,8 +27,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit code 2."""
+from ..errors import UserError  # noqa: E402 (re-exported for the command modules)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
