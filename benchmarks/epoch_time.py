@@ -34,10 +34,10 @@ from learning import machine_description  # noqa: E402
 from torchdetr.cli.train import config_for_training  # noqa: E402
 from torchdetr.config import add_config_arguments  # noqa: E402
 from torchdetr.data.build import build_dataset, get_coco_api  # noqa: E402
+from torchdetr.engine.runtime import resolve_device  # noqa: E402
 from torchdetr.engine.train import (  # noqa: E402
     build_optimizer,
     make_loaders,
-    resolve_device,
     seed_everything,
     train_one_epoch,
 )

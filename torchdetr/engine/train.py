@@ -36,6 +36,7 @@ from ..training import ModelEMA, TrainingModel, build_lr_scheduler, build_traini
 from . import distributed as du
 from .checkpoint import checkpoint_dict, checkpoint_paths, load_checkpoint, load_model_state, save_atomic, unwrap
 from .evaluate import EvalResult, evaluate
+from .runtime import resolve_device
 
 log = logging.getLogger("torchdetr.train")
 
@@ -60,16 +61,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; a clear error for an unavailable device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return dev
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

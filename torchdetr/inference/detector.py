@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..config import DETRConfig
+from ..engine.runtime import resolve_device
 from ..models.postprocess import PostProcess
 from ..structures import NestedTensor, nested_tensor_from_tensor_list
 
@@ -60,19 +61,6 @@ class Detection:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
         return asdict(self) | {"box": list(self.box)}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; anything else as given (checked)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device: {device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} requested but CUDA is not available here")
-    return resolved
 
 
 def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
