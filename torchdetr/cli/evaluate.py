@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
                    help="mode 1: COCO evaluation implementation (same numbers; faster_coco_eval is faster)")
     p.add_argument("--model", help="official model name or checkpoint path/URL (mode 2)")
     p.add_argument("--config", help="YAML/JSON file of options")
-    add_config_arguments(p, exclude=("eval",))
+    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"), exclude=("eval",))
     p.set_defaults(func=run)
 
 
@@ -52,7 +52,7 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import load_checkpoint
     from ..engine.train import train
-    from ..inference.loading import ARCHITECTURE_FIELDS, config_from_checkpoint
+    from ..inference.loading import config_from_checkpoint
     from ..models.zoo import OFFICIAL_MODELS
 
     source = args.model or args.resume
@@ -64,8 +64,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     else:
         model_cfg = config_from_checkpoint(load_checkpoint(source), source)
     cfg = config_from_args(args)
-    arch = {k: getattr(model_cfg, k) for k in ARCHITECTURE_FIELDS}
-    arch["backbone_weights"] = "none"  # the checkpoint provides every weight
-    cfg = cfg.replace(**arch, eval=True, resume=source, pretrained="", output_dir=cfg.output_dir)
+    # the checkpoint provides every weight: no backbone download
+    cfg = cfg.replace(**model_cfg.model.to_dict(), backbone_weights="none", eval=True, resume=source, pretrained="")
     train(cfg)
     return 0

@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", help="YAML/JSON file of options")
     p.add_argument("--image", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"),
                    help="run one forward pass on a random image of this size and print output shapes")
-    add_config_arguments(p)
+    add_config_arguments(p, groups=("model", "loss"), include=("backbone_weights", "lr_backbone", "frozen_weights"))
     p.set_defaults(func=run)
 
 

@@ -26,13 +26,6 @@ from ..models.zoo import OFFICIAL_MODELS
 
 log = logging.getLogger(__name__)
 
-# Options of DETRConfig that decide the architecture (the rest are training/data options).
-ARCHITECTURE_FIELDS = (
-    "backbone", "dilation", "position_embedding", "enc_layers", "dec_layers", "dim_feedforward", "hidden_dim",
-    "dropout", "nheads", "num_queries", "pre_norm", "masks", "aux_loss", "num_classes", "backbone_norm",
-    "backbone_weights", "cls_loss", "variant", "two_stage",
-)
-
 
 @dataclass
 class LoadedModel:
@@ -94,13 +87,13 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> DETRConfig:
-    """A ``DETRConfig`` for the model stored in ``checkpoint`` (args first, state dict shapes second)."""
+    """A ``DETRConfig`` for the model stored in ``checkpoint`` (args first, state dict shapes second).
+
+    Its architecture is ``.model`` (a ``ModelConfig``); see ``DETRConfig.from_checkpoint_args`` for old files.
+    """
     state = checkpoint["model"]
     inferred = infer_architecture(state)
-    args = checkpoint_args(checkpoint)
-    known = set(DETRConfig.__dataclass_fields__)
-    values = {k: v for k, v in args.items() if k in known}
-    values.pop("device", None)
+    values = checkpoint_args(checkpoint)
     missing_facts = [k for k in ("nheads", "dilation") if k not in values]
     for key, value in inferred.items():
         if key in values and values[key] != value and key not in ("backbone_norm",):
@@ -110,7 +103,7 @@ def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpo
         log.warning("%s has no training args: assuming %s as in the original (not readable from weights)",
                     source, ", ".join(f"{k}={getattr(DETRConfig(), k)!r}" for k in missing_facts))
     values["backbone_weights"] = "none" if values.get("backbone_norm") != "frozen" else "imagenet"
-    return DETRConfig(**values)
+    return DETRConfig.from_checkpoint_args(values, source=source)
 
 
 def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int, str]:
