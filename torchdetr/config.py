@@ -384,65 +384,74 @@ def _base_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ValueError("is not true or false")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    try:
+        number = _to_float(value) if isinstance(value, str | float) else math.nan  # "1e3", 2.0
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():
+        raise ValueError("is not an integer")
+    return int(number)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("is not a number") from None
+    else:
+        raise ValueError("is not a number")
+    if not math.isfinite(number):
+        raise ValueError("is not a finite number")
+    return number
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # YAML `output_dir: 2024`
+        return str(value)
+    raise ValueError("is not text")
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
 def coerce_value(value: Any, hint: Any) -> Any:
     """``value`` as the type ``hint`` (``bool``, ``int``, ``float``, ``str``, optionally ``| None``).
 
     Text is converted (``"1e-4"`` → 1e-4, ``"false"`` → False, ``"3"`` → 3); values already of the type
-    pass; integers pass as floats, integral floats as integers. ``None`` passes only for ``T | None``.
-    Raises ``ValueError`` with the reason (the caller names the option and the source).
+    pass; integers pass as floats, integral floats as integers; non-finite numbers are refused.
+    ``None`` passes only for ``T | None``. Raises ``ValueError`` with the reason (the caller names the
+    option and the source).
     """
     base, optional = _base_type(hint)
+    if base not in _CONVERTERS:
+        raise TypeError(f"unsupported option type {hint}")
     if value is None:
         if optional:
             return None
         raise ValueError("is not allowed to be empty (null)")
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, numbers.Integral) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-            return value.strip().lower() in TRUE_WORDS
-        raise ValueError("is not true or false")
-    if base is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
-                if number.is_integer():
-                    return int(number)
-        raise ValueError("is not an integer")
-    if base is float:
-        number: Any = None
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if number is None:
-            raise ValueError("is not a number")
-        if not math.isfinite(number):
-            raise ValueError("is not a finite number")
-        return number
-    if base is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError("is not text")
-    raise TypeError(f"unsupported option type {hint}")
+    return _CONVERTERS[base](value)
 
 
 def _is_instance(value: Any, hint: Any) -> bool:
