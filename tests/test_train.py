@@ -11,7 +11,9 @@ import torch
 from torchdetr import DETRConfig, build_model, load_checkpoint
 from torchdetr.cli import main as cli_main
 from torchdetr.data.build import build_dataset
-from torchdetr.engine.train import TrainingDiverged, build_optimizer, train
+from torchdetr.engine.loop import TrainingDiverged
+from torchdetr.engine.optim import build_optimizer
+from torchdetr.engine.run import train
 from torchdetr.inference.loading import load_model
 from torchdetr.structures import collate_fn
 

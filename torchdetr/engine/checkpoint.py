@@ -119,6 +119,18 @@ def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
     return None
 
 
+def evaluated_weights(checkpoint: Mapping[str, Any], use_ema: bool = True) -> tuple[Mapping[str, Tensor], bool]:
+    """``(state dict, is_ema)``: the weights to evaluate or deploy from a loaded checkpoint.
+
+    A checkpoint trained with ``--ema`` holds the averaged weights under ``ema["model"]``; they are
+    the ones training evaluated, so they are chosen unless ``use_ema=False``. Otherwise ``"model"``.
+    """
+    ema = checkpoint.get("ema")
+    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+        return ema["model"], True
+    return checkpoint["model"], False
+
+
 def load_model_state(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -219,3 +231,8 @@ def checkpoint_paths(output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
     if (epoch + 1) % lr_drop == 0 or (epoch + 1) % EXTRA_CHECKPOINT_EVERY == 0:
         paths.append(output_dir / f"checkpoint{epoch:04}.pth")
     return paths
+
+
+def write_checkpoints(state: dict[str, Any], output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
+    """Save ``state`` (see :func:`checkpoint_dict`) to every path :func:`checkpoint_paths` names for ``epoch``."""
+    return [save_atomic(state, path) for path in checkpoint_paths(output_dir, epoch, lr_drop)]
