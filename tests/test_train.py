@@ -167,10 +167,15 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path, caplog
     torch.testing.assert_close(result.model.query_embed.weight.shape, model.query_embed.weight.shape)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, capsys):
     cfg = DETRConfig(**{**TINY, "lr_backbone": 1e30}, num_classes=6, lr=1e30, clip_max_norm=0, output_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged, match="Training stopped"):
         train(cfg.replace(epochs=3))
+    # the command prints it as one line with exit code 1 (not a user error, not a crash)
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k not in ("epochs", "lr_backbone")]
+    code = cli_main(["train", *flags, "--epochs=3", "--lr=1e30", "--lr_backbone=1e30", "--clip_max_norm=0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Training stopped" in err and "Traceback" not in err
 
 
 def test_num_classes_too_small_is_refused():

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..config import DETRConfig
 from ..evaluation.coco import CocoEvaluator
-from ..evaluation.tables import format_per_class_table, format_stats_table
+from ..evaluation.tables import STAT_NAMES, format_per_class_table, format_stats_table
 from ..losses.build import build_model
 from ..losses.set_criterion import SetCriterion
 from . import distributed as du
@@ -50,11 +50,16 @@ class EvalResult:
     @property
     def ap(self) -> float:
         """bbox AP @[.50:.95] (NaN when not evaluated)."""
-        return self.coco_stats.get("bbox", [float("nan")])[0]
+        return self._bbox_stat("AP")
 
     @property
     def ap50(self) -> float:
-        return self.coco_stats.get("bbox", [float("nan")] * 2)[1]
+        """bbox AP @.50 (NaN when not evaluated)."""
+        return self._bbox_stat("AP50")
+
+    def _bbox_stat(self, name: str) -> float:
+        stats = self.coco_stats.get("bbox")
+        return stats[STAT_NAMES.index(name)] if stats else float("nan")
 
 
 @dataclass

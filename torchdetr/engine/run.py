@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..config import DETRConfig
 from ..errors import DataError
+from ..evaluation.tables import stats_dict
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, checkpoint_dict, write_checkpoints
 from .datasets import load_run_data, resolve_num_classes
@@ -37,6 +38,7 @@ from .start import resume_training
 log = logging.getLogger("torchdetr.train")
 
 SECONDS_PER_MINUTE = 60
+NAN = float("nan")
 
 
 @dataclass
@@ -139,6 +141,8 @@ def _diverged_message(err: TrainingDiverged, output_dir: Path | None) -> str:
 
 def _log_epoch(row: dict[str, Any]) -> None:
     """One line per epoch: time, train loss and, when evaluated, test loss, AP and AP50."""
-    ap = row.get(COCO_STATS_KEYS["bbox"], [float("nan")] * 2)
-    log.info("epoch %d done in %.0fs: train loss %.4f%s", row["epoch"], row["epoch_time"], row["train_loss"],
-             f", test loss {row['test_loss']:.4f}, AP {ap[0]:.3f}, AP50 {ap[1]:.3f}" if "test_loss" in row else "")
+    evaluated = ""
+    if "test_loss" in row:
+        ap = stats_dict(row[COCO_STATS_KEYS["bbox"]]) if COCO_STATS_KEYS["bbox"] in row else {"AP": NAN, "AP50": NAN}
+        evaluated = f", test loss {row['test_loss']:.4f}, AP {ap['AP']:.3f}, AP50 {ap['AP50']:.3f}"
+    log.info("epoch %d done in %.0fs: train loss %.4f%s", row["epoch"], row["epoch_time"], row["train_loss"], evaluated)
