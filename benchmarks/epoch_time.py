@@ -34,13 +34,11 @@ from learning import machine_description  # noqa: E402
 from torchdetr.cli.train import config_for_training  # noqa: E402
 from torchdetr.config import add_config_arguments  # noqa: E402
 from torchdetr.data.build import build_dataset, get_coco_api  # noqa: E402
-from torchdetr.engine.runtime import resolve_device  # noqa: E402
-from torchdetr.engine.train import (  # noqa: E402
-    build_optimizer,
-    make_loaders,
-    seed_everything,
-    train_one_epoch,
-)
+from torchdetr.engine.datasets import resolve_num_classes  # noqa: E402
+from torchdetr.engine.loaders import make_loaders  # noqa: E402
+from torchdetr.engine.loop import train_one_epoch  # noqa: E402
+from torchdetr.engine.optim import build_optimizer  # noqa: E402
+from torchdetr.engine.runtime import resolve_device, seed_everything  # noqa: E402
 from torchdetr.losses.build import build_model  # noqa: E402
 from torchdetr.training import build_training_model  # noqa: E402
 
@@ -60,8 +58,7 @@ def time_steps(train_flags: list[str], iterations: int) -> tuple[float, int, str
     cfg = config_for_training(args)
     seed_everything(cfg.seed)
     dataset_train, dataset_val = build_dataset("train", cfg), build_dataset("val", cfg)
-    if cfg.num_classes is None:
-        cfg = cfg.replace(num_classes=max(get_coco_api(dataset_val).getCatIds()) + 1)
+    cfg = resolve_num_classes(cfg, get_coco_api(dataset_val))
     device = resolve_device(cfg.device)
     model, criterion, _ = build_model(cfg)
     model.to(device)

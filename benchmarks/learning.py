@@ -37,15 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from torchdetr.config import DETRConfig  # noqa: E402
 from torchdetr.data.build import build_dataset, get_coco_api  # noqa: E402
+from torchdetr.engine.datasets import resolve_num_classes  # noqa: E402
 from torchdetr.engine.evaluate import evaluate  # noqa: E402
-from torchdetr.engine.train import (  # noqa: E402
-    _to_device,
-    autocast_context,
-    build_optimizer,
-    make_loaders,
-    seed_everything,
-    to_float,
-)
+from torchdetr.engine.loaders import make_loaders  # noqa: E402
+from torchdetr.engine.optim import build_optimizer  # noqa: E402
+from torchdetr.engine.runtime import autocast_context, seed_everything, to_device, to_float  # noqa: E402
 from torchdetr.losses.build import build_model  # noqa: E402
 from torchdetr.training import ModelEMA, build_training_model  # noqa: E402
 
@@ -157,7 +153,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
     seed_everything(cfg.seed)
     dataset_train, dataset_val = build_dataset("train", cfg), build_dataset("val", cfg)
     base_ds = get_coco_api(dataset_val)
-    cfg = cfg.replace(num_classes=max(base_ds.getCatIds()) + 1)
+    cfg = resolve_num_classes(cfg.replace(num_classes=None), base_ds)
     model, criterion, postprocessors = build_model(cfg)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -179,7 +175,7 @@ def run_row(name: str, overrides: dict[str, Any], minutes: list[float], threads:
     while not done:
         for samples, targets in loader_train:
             train_module.train()
-            samples, targets = _to_device(samples, targets, device, cfg.channels_last)
+            samples, targets = to_device(samples, targets, device, cfg.channels_last)
             with autocast_context(device, cfg.amp):
                 predictions = train_module(samples, targets) if training is not None else train_module(samples)
             predictions = to_float(predictions)

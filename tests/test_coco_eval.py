@@ -16,16 +16,10 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from torchdetr.evaluation.coco import (
-    STAT_DESCRIPTIONS,
-    STAT_NAMES,
-    CocoEvaluator,
-    CocoFormatError,
-    evaluate_results_file,
-    format_per_class_table,
-    format_stats_table,
-    stats_dict,
-)
+from torchdetr.evaluation.checks import CocoFormatError
+from torchdetr.evaluation.coco import CocoEvaluator
+from torchdetr.evaluation.results_file import evaluate_results_file
+from torchdetr.evaluation.tables import STAT_DESCRIPTIONS, STAT_NAMES, format_per_class_table, format_stats_table, stats_dict
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 H, W = 120, 160  # every test image has this size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 import pytest
@@ -11,9 +12,14 @@ import torch
 from torchdetr import DETRConfig, build_model, load_checkpoint
 from torchdetr.cli import main as cli_main
 from torchdetr.data.build import build_dataset
-from torchdetr.engine.train import TrainingDiverged, build_optimizer, train
+from torchdetr.data.synthetic import write_coco_folder
+from torchdetr.engine.loop import TrainingDiverged, train_one_epoch
+from torchdetr.engine.optim import build_optimizer
+from torchdetr.engine.run import train
+from torchdetr.evaluation.tables import format_stats_table
 from torchdetr.inference.loading import load_model
 from torchdetr.structures import collate_fn
+from torchdetr.training import build_training_model
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
             num_queries=8, backbone_weights="none", dataset_file="synthetic", num_train=16, num_val=8, image_size=64,
@@ -39,6 +45,78 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
         loss.backward()
         optimizer.step()
     assert loss_now().item() < 0.8 * first.item()
+
+
+@pytest.mark.parametrize("techniques", [{}, {"dn_groups": 2}], ids=["plain", "denoising"])
+def test_train_one_epoch_equals_the_original_loop(techniques):
+    """The engine's epoch takes exactly the steps of the original ``engine.train_one_epoch``, written out here."""
+    cfg = DETRConfig(**TINY, num_classes=6, dropout=0.0, **techniques)
+    data = build_dataset("val", cfg)  # deterministic transforms
+    batches = [collate_fn([data[i] for i in range(start, start + 4)]) for start in (0, 4)]
+    torch.manual_seed(0)
+    model, criterion, _ = build_model(cfg)
+    training = build_training_model(model, criterion, cfg)
+    module, loss_fn = training if training is not None else (model, criterion)
+    reference, reference_loss_fn = copy.deepcopy(module), copy.deepcopy(loss_fn)
+    optimizer, _, _ = build_optimizer(module, cfg)
+    reference_optimizer, _, _ = build_optimizer(reference, cfg)
+
+    torch.manual_seed(1)  # denoising queries draw their noise during the forward pass
+    stats, iterations = train_one_epoch(module, loss_fn, batches, optimizer, torch.device("cpu"), 0, cfg)
+
+    torch.manual_seed(1)
+    reference.train()
+    reference_loss_fn.train()
+    weights, totals, ce = reference_loss_fn.weight_dict, [], []
+    for samples, targets in batches:
+        outputs = reference(samples, targets) if training is not None else reference(samples)
+        loss_dict = reference_loss_fn(outputs, targets)
+        loss = sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
+        reference_optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.clip_max_norm)
+        reference_optimizer.step()
+        totals.append(loss.item())
+        ce.append(loss_dict["loss_ce"].item() * weights["loss_ce"])
+
+    assert iterations == len(batches)
+    assert stats["loss"] == pytest.approx(sum(totals) / len(totals), rel=1e-6)
+    assert stats["loss_ce"] == pytest.approx(sum(ce) / len(ce), rel=1e-6)
+    assert stats["lr"] == cfg.lr
+    for (name, trained), expected in zip(module.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(trained, expected, msg=name)
+
+
+def test_detr_eval_equals_train_eval_and_the_runs_last_evaluation(tmp_path, capsys):
+    """``detr eval --model CKPT`` and ``detr train --eval --resume CKPT`` evaluate what training evaluated last.
+
+    The run keeps an EMA of its weights: training evaluates the EMA weights, so both commands must too.
+    """
+    data = write_coco_folder(tmp_path / "shapes", num_train=8, num_val=4, seed=3, image_size=64)
+    run_dir = tmp_path / "run"
+    cfg = DETRConfig(**{**TINY, "dataset_file": "coco"}, coco_path=str(data), num_classes=None, ema=True,
+                     output_dir=str(run_dir))
+    logged = train(cfg).history[-1]
+    capsys.readouterr()
+    checkpoint = str(run_dir / "checkpoint.pth")
+    data_flags = ["--coco_path", str(data), "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
+                  "--device", "cpu"]
+    architecture = ["--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1",
+                    "--dec_layers", "2", "--dim_feedforward", "64", "--num_queries", "8", "--backbone_weights", "none"]
+    assert cli_main(["eval", "--model", checkpoint, *data_flags, "--output_dir", str(tmp_path / "eval")]) == 0
+    printed_eval = capsys.readouterr().out
+    assert cli_main(["train", "--eval", "--resume", checkpoint, *architecture, *data_flags,
+                     "--output_dir", str(tmp_path / "train_eval")]) == 0
+    printed_train_eval = capsys.readouterr().out
+
+    assert printed_eval == printed_train_eval
+    assert format_stats_table(logged["test_coco_eval_bbox"], title="bbox") in printed_eval
+    detections = json.loads((run_dir / "detections_bbox.json").read_text())
+    assert detections  # scores of every query: equal files mean equal predictions
+    for out in ("eval", "train_eval"):
+        assert json.loads((tmp_path / out / "detections_bbox.json").read_text()) == detections
+        saved = torch.load(tmp_path / out / "eval" / "latest.pth", weights_only=True)
+        torch.testing.assert_close(saved["precision"], torch.load(run_dir / "eval" / "latest.pth")["precision"])
 
 
 def test_run_writes_official_checkpoints_logs_and_resumes_exactly(tmp_path):
@@ -89,10 +167,15 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path, caplog
     torch.testing.assert_close(result.model.query_embed.weight.shape, model.query_embed.weight.shape)
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, capsys):
     cfg = DETRConfig(**{**TINY, "lr_backbone": 1e30}, num_classes=6, lr=1e30, clip_max_norm=0, output_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged, match="Training stopped"):
         train(cfg.replace(epochs=3))
+    # the command prints it as one line with exit code 1 (not a user error, not a crash)
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k not in ("epochs", "lr_backbone")]
+    code = cli_main(["train", *flags, "--epochs=3", "--lr=1e30", "--lr_backbone=1e30", "--clip_max_norm=0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Training stopped" in err and "Traceback" not in err
 
 
 def test_num_classes_too_small_is_refused():

@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_checkpoint": "torchdetr.engine.checkpoint",
     "load_model": "torchdetr.inference.loading",
     "Detector": "torchdetr.inference.detector",
-    "train": "torchdetr.engine.train",
+    "train": "torchdetr.engine.run",
 }
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DETRConfig
     from .engine.checkpoint import load_checkpoint
-    from .engine.train import train
+    from .engine.run import train
     from .inference.detector import Detector
     from .inference.loading import load_model
     from .losses.build import build_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import add_config_arguments, config_from_args
+from ..config import DETRConfig, add_config_arguments, config_from_args
+from ..errors import ConfigError
 
 
 def add_parser(subparsers) -> None:
@@ -32,13 +33,14 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.ann or args.results:
         if not (args.ann and args.results):
-            raise ValueError("--ann and --results go together (evaluate a detections file against its ground truth)")
+            raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
         return _evaluate_file(args)
     return _evaluate_model(args)
 
 
 def _evaluate_file(args: argparse.Namespace) -> int:
-    from ..evaluation.coco import evaluate_results_file, format_per_class_table, format_stats_table
+    from ..evaluation.results_file import evaluate_results_file
+    from ..evaluation.tables import format_per_class_table, format_stats_table
 
     report = evaluate_results_file(Path(args.ann), Path(args.results), iou_type=args.iou_type, backend=args.backend,
                                    ignore_unknown_categories=args.ignore_unknown_categories)
@@ -50,21 +52,27 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
+    from ..engine.evaluate import evaluate_model
+
+    evaluate_model(config_for_model_evaluation(args))
+    return 0
+
+
+def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
+    """The data and run options of the command line, the architecture of ``--model`` (or ``--resume``), whose
+    weights are evaluated (``resume``)."""
     from ..engine.checkpoint import load_checkpoint
-    from ..engine.train import train
     from ..inference.loading import config_from_checkpoint
     from ..models.zoo import OFFICIAL_MODELS
 
     source = args.model or args.resume
     if not source:
-        raise ValueError("give --model NAME_OR_CKPT (or --resume CKPT), or --ann with --results")
+        raise ConfigError("give --model NAME_OR_CKPT (or --resume CKPT), or --ann with --results")
     if source in OFFICIAL_MODELS:
         model_cfg = OFFICIAL_MODELS[source].config()
         source = OFFICIAL_MODELS[source].url
     else:
         model_cfg = config_from_checkpoint(load_checkpoint(source), source)
-    cfg = config_from_args(args)
     # the checkpoint provides every weight: no backbone download
-    cfg = cfg.replace(**model_cfg.model.to_dict(), backbone_weights="none", eval=True, resume=source, pretrained="")
-    train(cfg)
-    return 0
+    return config_from_args(args).replace(**model_cfg.model.to_dict(), backbone_weights="none", eval=True,
+                                          resume=source, pretrained="")

@@ -35,12 +35,13 @@ def config_for_training(args: argparse.Namespace) -> DETRConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.train import TrainingDiverged, train
+    from ..engine.loop import TrainingDiverged
+    from ..engine.run import train
 
     cfg = config_for_training(args)
     try:
         result = train(cfg)
-    except TrainingDiverged as err:
+    except TrainingDiverged as err:  # not a user error, but its message says all there is to say
         print(f"detr train: {err}", file=sys.stderr)
         return 1
     if result.output_dir is not None and not cfg.eval and os.environ.get("RANK", "0") == "0":

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DETRConfig
+from ..errors import DownloadError, InputFileError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = 
         from safetensors.torch import load_file
 
         if not Path(source).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {source}")
+            raise MissingFileError(f"checkpoint not found: {source}")
         return {"model": load_file(source, device=str(map_location))}
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
@@ -56,16 +57,16 @@ def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = 
                     )
                 except URLError as err:
                     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(source).name
-                    raise ConnectionError(
+                    raise DownloadError(
                         f"could not download {source} ({err.reason}). Offline? Download it where there is network "
                         f"access and pass the file's path instead, or copy it to {cache}"
                     ) from None
             else:
                 if not Path(source).is_file():
-                    raise FileNotFoundError(f"checkpoint not found: {source}")
+                    raise MissingFileError(f"checkpoint not found: {source}")
                 checkpoint = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise InputFileError(
             f"{source}: refused to load: the file contains objects other than tensors and plain "
             f"containers ({str(err).splitlines()[0]}). Only load files you trust; if you do, "
             "convert it with torch.load(..., weights_only=False) and save its state dict."
@@ -73,14 +74,14 @@ def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = 
     except (RuntimeError, EOFError) as err:
         if isinstance(err, RuntimeError) and "hash" in str(err).lower():
             raise
-        raise ValueError(f"{source}: not a readable PyTorch checkpoint ({err})") from None
+        raise InputFileError(f"{source}: not a readable PyTorch checkpoint ({err})") from None
     return normalize_checkpoint(checkpoint, source)
 
 
 def normalize_checkpoint(checkpoint: Any, source: str = "checkpoint") -> dict[str, Any]:
     """Wrap a bare state dict as ``{"model": ...}``; strip a DDP ``module.`` prefix."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source}: expected a dict (state dict or {{'model': ...}}), got {type(checkpoint).__name__}")
+        raise InputFileError(f"{source}: expected a dict (state dict or {{'model': ...}}), got {type(checkpoint).__name__}")
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         result = dict(checkpoint)
     elif "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
@@ -89,7 +90,7 @@ def normalize_checkpoint(checkpoint: Any, source: str = "checkpoint") -> dict[st
     elif checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
         result = {"model": dict(checkpoint)}
     else:
-        raise ValueError(
+        raise InputFileError(
             f"{source}: no model weights found (expected a 'model' entry or a state dict; "
             f"keys: {', '.join(list(map(str, checkpoint))[:6])})"
         )
@@ -117,6 +118,18 @@ def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
         if key in state_dict:
             return int(state_dict[key].shape[0]) - 1
     return None
+
+
+def evaluated_weights(checkpoint: Mapping[str, Any], use_ema: bool = True) -> tuple[Mapping[str, Tensor], bool]:
+    """``(state dict, is_ema)``: the weights to evaluate or deploy from a loaded checkpoint.
+
+    A checkpoint trained with ``--ema`` holds the averaged weights under ``ema["model"]``; they are
+    the ones training evaluated, so they are chosen unless ``use_ema=False``. Otherwise ``"model"``.
+    """
+    ema = checkpoint.get("ema")
+    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+        return ema["model"], True
+    return checkpoint["model"], False
 
 
 def load_model_state(
@@ -149,12 +162,12 @@ def load_model_state(
         if any("class_embed" in e for e in shape_errors):
             hint = (" The class head differs: set --num_classes to the checkpoint's class count, or fine-tune "
                     "with --pretrained, which re-initialises the class head.")
-        raise ValueError(f"{source}: weights do not fit the model ({'; '.join(shape_errors[:4])}).{hint}")
+        raise InputFileError(f"{source}: weights do not fit the model ({'; '.join(shape_errors[:4])}).{hint}")
     if strict and not skipped:
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
-            raise ValueError(
+            raise InputFileError(
                 f"{source}: weights do not fit the model: "
                 f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
                 f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}. "
@@ -219,3 +232,8 @@ def checkpoint_paths(output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
     if (epoch + 1) % lr_drop == 0 or (epoch + 1) % EXTRA_CHECKPOINT_EVERY == 0:
         paths.append(output_dir / f"checkpoint{epoch:04}.pth")
     return paths
+
+
+def write_checkpoints(state: dict[str, Any], output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
+    """Save ``state`` (see :func:`checkpoint_dict`) to every path :func:`checkpoint_paths` names for ``epoch``."""
+    return [save_atomic(state, path) for path in checkpoint_paths(output_dir, epoch, lr_drop)]

@@ -1,4 +1,10 @@
-"""Evaluate a model on a dataset: losses as in training, COCO AP (bbox, segm) through pycocotools."""
+"""Evaluate a model on a dataset: losses as in training, COCO AP (bbox, segm) through pycocotools.
+
+``evaluate`` is the loop (the original ``engine.evaluate``), used after training epochs;
+``evaluate_model`` is a whole evaluation run (``detr eval``, ``detr train --eval``): it builds the
+model a config describes, loads its weights and the validation split, runs the loop, prints the
+tables and writes the results.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,26 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from ..config import DETRConfig
+from ..evaluation.coco import CocoEvaluator
+from ..evaluation.tables import STAT_NAMES, format_per_class_table, format_stats_table
+from ..losses.build import build_model
 from ..losses.set_criterion import SetCriterion
 from . import distributed as du
+from .datasets import load_run_data, resolve_num_classes
+from .loaders import make_loaders
+from .loop import LossAverager
+from .run_log import prepare_output_dir
+from .runtime import autocast_context, progress, start_process, to_device, to_float
+from .start import load_start_weights, load_weights_to_evaluate
 
 log = logging.getLogger("torchdetr.evaluate")
+
+EVAL_DIR = "eval"  # under the output folder: the COCOeval arrays for PR curves
+EVAL_FILE = "latest.pth"
+EVAL_FILE_IOU_TYPE = "bbox"  # the IoU type saved to ``eval/latest.pth``, as the original
 
 
 @dataclass
@@ -31,11 +50,26 @@ class EvalResult:
     @property
     def ap(self) -> float:
         """bbox AP @[.50:.95] (NaN when not evaluated)."""
-        return self.coco_stats.get("bbox", [float("nan")])[0]
+        return self._bbox_stat("AP")
 
     @property
     def ap50(self) -> float:
-        return self.coco_stats.get("bbox", [float("nan")] * 2)[1]
+        """bbox AP @.50 (NaN when not evaluated)."""
+        return self._bbox_stat("AP50")
+
+    def _bbox_stat(self, name: str) -> float:
+        stats = self.coco_stats.get("bbox")
+        return stats[STAT_NAMES.index(name)] if stats else float("nan")
+
+
+@dataclass
+class ModelEvaluation:
+    """What :func:`evaluate_model` did: the model evaluated, its config (classes resolved), the result."""
+
+    model: nn.Module
+    config: DETRConfig
+    result: EvalResult
+    output_dir: Path | None = None
 
 
 @torch.no_grad()
@@ -55,26 +89,21 @@ def evaluate(
     """Run the model over ``data_loader``; losses + COCO evaluation against ``base_ds`` (pycocotools COCO).
 
     Writes ``output_dir/eval/latest.pth`` (COCOeval arrays for PR curves) and
-    ``output_dir/detections_bbox.json`` (COCO results) when ``output_dir`` is set.
+    ``output_dir/detections_{bbox,segm}.json`` (COCO results) when ``output_dir`` is set.
     """
-    from ..evaluation.coco import CocoEvaluator, format_per_class_table, format_stats_table
-    from .train import LossAverager, _is_interactive, _to_device, autocast_context, to_float
-
     model.eval()
     criterion.eval()
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     evaluator = CocoEvaluator(base_ds, iou_types, category_names=category_names)
     averager = LossAverager(criterion.weight_dict)
-    bar = tqdm(data_loader, desc="eval", disable=not _is_interactive() or not du.is_main_process(), leave=False,
-               dynamic_ncols=True)
-    for samples, targets in bar:
-        samples, targets = _to_device(samples, targets, device, cfg.channels_last)
+    for samples, targets in progress(data_loader, desc="eval"):
+        samples, targets = to_device(samples, targets, device, cfg.channels_last)
         with autocast_context(device, cfg.amp):
             outputs = model(samples)
         outputs = to_float(outputs)
         loss_dict = criterion(outputs, targets)
         averager.update(loss_dict, float(criterion.weighted_total(loss_dict)))
-        orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)
+        orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)  # [B, 2] (H, W)
         results = postprocessors["bbox"](outputs, orig_target_sizes)
         if "segm" in postprocessors:
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
@@ -86,15 +115,44 @@ def evaluate(
     if du.is_main_process():
         evaluator.accumulate()
         result.coco_stats = evaluator.summarize()
-        for iou_type in iou_types:
-            result.per_class[iou_type] = evaluator.per_class_ap(iou_type)
+        result.per_class = {iou_type: evaluator.per_class_ap(iou_type) for iou_type in iou_types}
         if print_tables:
-            for iou_type in iou_types:
-                print(format_stats_table(result.coco_stats[iou_type], title=iou_type))
-                print(format_per_class_table(result.per_class[iou_type]))
+            print_evaluation(result)
         if output_dir is not None:
-            (output_dir / "eval").mkdir(parents=True, exist_ok=True)
-            evaluator.save_eval(output_dir / "eval" / "latest.pth", "bbox")
+            evaluator.save_eval(output_dir / EVAL_DIR / EVAL_FILE, EVAL_FILE_IOU_TYPE)
             for iou_type in iou_types:
                 evaluator.write_results(output_dir / f"detections_{iou_type}.json", iou_type)
     return result
+
+
+def print_evaluation(result: EvalResult) -> None:
+    """The 12 COCO stats and the per-class AP of each evaluated IoU type."""
+    for iou_type, stats in result.coco_stats.items():
+        print(format_stats_table(stats, title=iou_type))
+        print(format_per_class_table(result.per_class[iou_type]))
+
+
+def evaluate_model(cfg: DETRConfig, *, dataset: Dataset | None = None, use_ema: bool = True) -> ModelEvaluation:
+    """Evaluate the model ``cfg`` describes on its validation split (``detr eval``, ``detr train --eval``).
+
+    Weights: those of ``cfg.resume`` (its EMA weights when it has them, unless ``use_ema=False``), else
+    the start weights the config names (``--pretrained``, ``--frozen_weights``, backbone). Prints the
+    COCO tables and, with ``cfg.output_dir``, writes ``eval/latest.pth`` and ``detections_*.json``.
+    ``dataset`` replaces building the validation split from ``cfg``.
+    """
+    device, _ = start_process(cfg.device, cfg.seed, cfg.dist_url)
+    output_dir = prepare_output_dir(cfg.output_dir)
+    data = load_run_data(cfg, with_train=False, datasets=None if dataset is None else (None, dataset))
+    cfg = resolve_num_classes(cfg, data.coco_gt)
+    model, criterion, postprocessors = build_model(cfg)
+    weights = load_weights_to_evaluate(model, cfg.resume, use_ema) if cfg.resume else load_start_weights(model, cfg)
+    model.to(device)
+    criterion.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    log.info("evaluating %s on %d images", weights, len(data.val))
+    _, loader_val = make_loaders(None, data.val, cfg)
+    result = evaluate(model, criterion, postprocessors, loader_val, data.coco_gt, device, cfg,
+                      output_dir=output_dir, category_names=data.category_names)
+    du.cleanup()
+    return ModelEvaluation(model=model, config=cfg, result=result, output_dir=output_dir)

@@ -22,13 +22,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..evaluation.tables import STAT_NAMES
+
 LOG_NAME = "log.txt"
 DEFAULT_FIELDS = ("loss", "class_error", "mAP")
-# names of the 12 COCOeval summary numbers, in order (index into ``test_coco_eval_bbox``)
-COCO_STATS: tuple[str, ...] = (
-    "mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
-)
+# the 12 COCOeval summary numbers, in order (index into ``test_coco_eval_bbox``): the project's names
+COCO_STATS: tuple[str, ...] = STAT_NAMES
+# names this command accepts besides those: the original's ``mAP`` (here AP@[.50:.95]) and long size-bucket forms
+COCO_STAT_ALIASES: dict[str, str] = {
+    "mAP": "AP", "AP_small": "APs", "AP_medium": "APm", "AP_large": "APl",
+    "AR_small": "ARs", "AR_medium": "ARm", "AR_large": "ARl",
+}
 COCO_EVAL_KEY = "test_coco_eval_bbox"
 PANEL_SIZE = (5.0, 3.6)  # inches
 
@@ -80,10 +84,16 @@ def ewm_mean(values: Sequence[float] | np.ndarray, com: float) -> np.ndarray:
     return out
 
 
+def coco_stat_index(field_name: str) -> int | None:
+    """Position of a COCO stat (``AP``, ``AP50``, … or an alias such as ``mAP``) in the 12 stats; None for other fields."""
+    name = COCO_STAT_ALIASES.get(field_name, field_name)
+    return COCO_STATS.index(name) if name in COCO_STATS else None
+
+
 def _value(record: dict[str, Any], key: str) -> float | None:
-    if key in COCO_STATS:
+    index = coco_stat_index(key)
+    if index is not None:
         stats = record.get(COCO_EVAL_KEY)
-        index = COCO_STATS.index(key)
         if not isinstance(stats, list) or len(stats) <= index:
             return None
         value = stats[index]
@@ -127,15 +137,16 @@ def plot_logs(
     fig = Figure(figsize=(PANEL_SIZE[0] * len(fields), PANEL_SIZE[1]), layout="constrained")
     axes = fig.subplots(1, len(fields), squeeze=False)[0]
     for ax, field_name in zip(axes, fields):
-        series_keys = [(field_name, "-")] if field_name in COCO_STATS else [(f"train_{field_name}", "-"),
-                                                                              (f"test_{field_name}", "--")]
+        is_coco_stat = coco_stat_index(field_name) is not None
+        series_keys = ([(field_name, "-")] if is_coco_stat
+                       else [(f"train_{field_name}", "-"), (f"test_{field_name}", "--")])
         plotted = False
         for (name, records), color in zip(runs, colors):
             for key, style in series_keys:
                 epochs, values = field_series(records, key)
                 if len(values):
                     # markers where points are sparse (evaluations every few epochs, a single point)
-                    marker = "." if field_name in COCO_STATS or len(values) < 2 else None
+                    marker = "." if is_coco_stat or len(values) < 2 else None
                     ax.plot(epochs, ewm_mean(values, ewm_col), style, color=color, marker=marker, label=f"{name} {key}")
                     plotted = True
         if not plotted:

@@ -1,0 +1,87 @@
+"""The data of a run: the splits a config names, checked before use, their ground truth and classes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from ..config import DETRConfig
+from ..data.build import build_dataset, get_coco_api
+from ..data.coco import category_names, implied_num_classes
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger("torchdetr.train")
+
+MAX_IMAGES_TO_CHECK = 20_000  # start-up data check opens image headers only below this many files
+
+
+class DataCheckFailed(DataError):
+    """The dataset has problems that would make training crash or silently wrong."""
+
+
+@dataclass
+class RunData:
+    """The datasets of a run (``train`` is None when only evaluating) and the validation ground truth."""
+
+    train: Dataset | None
+    val: Dataset
+    coco_gt: COCO  # pycocotools ground truth of ``val``
+    category_names: dict[int, str]  # category id → name, from ``coco_gt``
+
+
+def load_run_data(
+    cfg: DETRConfig, *, with_train: bool = True, datasets: tuple[Dataset | None, Dataset] | None = None
+) -> RunData:
+    """The validation split (and the training split when ``with_train``) that ``cfg`` names, checked first.
+
+    ``datasets`` (train, val) replaces building them (tests, benchmarks); it is not checked.
+    """
+    if datasets is None:
+        splits = ("train", "val") if with_train else ("val",)
+        if cfg.dataset_file == "coco" and not cfg.skip_data_check:
+            check_data(cfg, splits)
+        dataset_val = build_dataset("val", cfg)
+        dataset_train = build_dataset("train", cfg) if with_train else None
+    else:
+        dataset_train, dataset_val = datasets
+    coco_gt = get_coco_api(dataset_val)
+    return RunData(train=dataset_train if with_train else None, val=dataset_val, coco_gt=coco_gt,
+                   category_names=category_names(coco_gt))
+
+
+def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> None:
+    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path``; raise ``DataCheckFailed`` with the report."""
+    from ..data.check import check_dataset
+    from ..data.coco import resolve_coco_layout
+
+    if not cfg.coco_path:
+        raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
+    for split in splits:
+        images_dir, ann_file = resolve_coco_layout(cfg.coco_path, split)
+        # reading every image header of a huge dataset (COCO: 118k) at each start is too slow
+        read_images = sum(1 for _ in zip(images_dir.iterdir(), range(MAX_IMAGES_TO_CHECK + 1))) <= MAX_IMAGES_TO_CHECK
+        if not read_images:
+            log.info("data check of %s: more than %d images, image files not opened (run `detr data check`)",
+                     ann_file, MAX_IMAGES_TO_CHECK)
+        report = check_dataset(ann_file, images_dir, check_images=read_images)
+        if not report.ok:
+            raise DataCheckFailed(f"{ann_file}: the {split} data has problems; fix them or pass --skip_data_check:\n"
+                                  + report.format())
+        if report.warnings:
+            log.warning("%s: %d warning(s) from the data check (run `detr data check %s` for details)",
+                        ann_file, len(report.warnings), cfg.coco_path)
+
+
+def resolve_num_classes(cfg: DETRConfig, coco_gt: COCO) -> DETRConfig:
+    """Fill ``num_classes`` from the data when ``None`` (max category id + 1); refuse a class head too small for the ids."""
+    implied = implied_num_classes(coco_gt)
+    if cfg.num_classes is None:
+        log.info("num_classes = %d (max category id %d + 1, from the annotations)", implied, implied - 1)
+        return cfg.replace(num_classes=implied)
+    if cfg.num_classes < implied:
+        raise ConfigError(f"--num_classes {cfg.num_classes} is too small: the dataset has category id {implied - 1}, "
+                          f"so num_classes must be at least {implied} (max id + 1); omit --num_classes to infer it")
+    return cfg
