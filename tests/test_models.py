@@ -225,3 +225,69 @@ def test_dc5_halves_the_stride_without_changing_weights(name):
     assert plain.backbone(images)[0][-1].tensors.shape[-2:] == (4, 3)
     last = dc5.backbone[0].body.layer4[-1]
     assert all(c.dilation == (2, 2) for c in last.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size == (3, 3))
+
+
+# ------------------------------------------------------------------ one forward path: encode → decode
+def _original_one_call_outputs(detr, images):
+    """DETR as the original computes it: backbone, then ``Transformer.forward`` in one call, then the heads."""
+    features, pos = detr.backbone(nested_tensor_from_tensor_list(images))
+    src, mask = features[-1].decompose()
+    hs, memory = detr.transformer(detr.input_proj(src), mask, detr.query_embed.weight, pos[-1])
+    return detr.class_embed(hs), detr.bbox_embed(hs).sigmoid(), memory
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pre_norm": True}, {"hidden_dim": 128, "nheads": 8, "masks": True}],
+                         ids=["postnorm", "prenorm", "masks"])
+def test_forward_is_decode_of_encode_and_equals_the_original_one_call_transformer(overrides):
+    from torchdetr.models.detr import make_outputs
+
+    torch.manual_seed(0)
+    model, _, _ = build_model(DETRConfig(**{**TINY, **overrides}))
+    model.eval()
+    detr = getattr(model, "detr", model)
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 96)]
+    with torch.no_grad():
+        out = model(images)
+        encoded = detr.encode(images)
+        decoded = detr.decode(encoded)
+        logits, boxes, memory = _original_one_call_outputs(detr, images)
+    assert torch.equal(decoded.logits, logits) and torch.equal(decoded.boxes, boxes)
+    assert torch.equal(encoded.memory_map, memory)
+    assert decoded.hidden.shape == (2, 2, 5, detr.transformer.d_model)  # [L, B, Q, C]
+    expected = make_outputs(logits, boxes, aux_loss=True)
+    assert torch.equal(out["pred_logits"], expected["pred_logits"]) and torch.equal(out["pred_boxes"], expected["pred_boxes"])
+    for a, e in zip(out["aux_outputs"], expected["aux_outputs"], strict=True):
+        assert torch.equal(a["pred_logits"], e["pred_logits"]) and torch.equal(a["pred_boxes"], e["pred_boxes"])
+    if overrides.get("masks"):
+        with torch.no_grad():
+            masks = model.predict_masks(encoded, decoded.hidden[-1])
+        assert torch.equal(out["pred_masks"], masks)
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_anchor_variant_forward_is_decode_of_encode_with_its_own_queries(two_stage):
+    torch.manual_seed(0)
+    model, _, _ = build_model(DETRConfig(**TINY, variant="dab", two_stage=two_stage, cls_loss="focal"))
+    model.eval()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 96)]
+    with torch.no_grad():
+        out = model(images)
+        encoded = model.encode(images)
+        queries = model.queries(encoded)
+        decoded = model.decode(encoded, queries)
+    assert (encoded.proposals is not None) == two_stage
+    assert queries.position.shape == (5, 2, 4) and queries.content.shape == (5, 2, 32)  # anchors [Q, B, 4]
+    assert torch.equal(out["pred_logits"], decoded.logits[-1]) and torch.equal(out["pred_boxes"], decoded.boxes[-1])
+    assert torch.equal(out["aux_outputs"][0]["pred_boxes"], decoded.boxes[0])
+    # the first layer's boxes are its anchors (zero-initialised corrections): the queries' positions
+    torch.testing.assert_close(decoded.boxes[0], queries.position.sigmoid().transpose(0, 1), rtol=0, atol=1e-6)
+
+
+def test_focal_class_heads_share_one_prior():
+    from torchdetr.models.heads import FOCAL_PRIOR_PROBABILITY, DenseHead
+
+    model, _, _ = build_model(DETRConfig(**TINY, cls_loss="focal"))
+    head = DenseHead(32, 7)
+    for bias in (model.class_embed.bias, head.class_head.bias):
+        torch.testing.assert_close(bias.sigmoid(), torch.full_like(bias, FOCAL_PRIOR_PROBABILITY), rtol=0, atol=1e-7)
+    assert torch.equal(model.class_embed.bias[0], head.class_head.bias[0])

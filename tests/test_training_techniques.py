@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from torchdetr import DETRConfig, build_model
 from torchdetr.losses.outputs import QueryLayout
 from torchdetr.losses.techniques import denoising_indices
+from torchdetr.models.detr import DecoderQueries
+from torchdetr.models.heads import DenseHead
 from torchdetr.models.postprocess import PostProcess
 from torchdetr.training import ModelEMA, build_lr_scheduler, build_training_model
 from torchdetr.training.queries import attention_mask
@@ -83,15 +86,16 @@ def test_denoising_copy_does_not_see_other_copies():
     captured = {}
     original = queries.noised_queries
 
-    def fixed_noise(model, targets, device):
-        tgt, pos, pad, valid = original(model, targets, device)
+    def fixed_noise(targets, device):
+        dn, pad, valid = original(targets, device)
         if "first" not in captured:
-            captured["first"] = (tgt.clone(), pos.clone())
+            captured["first"] = (dn.content.clone(), dn.position.clone())
         else:
-            tgt, pos = captured["first"][0].clone(), captured["first"][1].clone()
-            tgt[pad:] += 5.0  # perturb copy 1 only
-            pos[pad:] -= 3.0
-        return tgt, pos, pad, valid
+            content, position = captured["first"][0].clone(), captured["first"][1].clone()
+            content[pad:] += 5.0  # perturb copy 1 only
+            position[pad:] -= 3.0
+            dn = DecoderQueries(position=position, content=content)
+        return dn, pad, valid
 
     queries.noised_queries = fixed_noise
     with torch.no_grad():
@@ -185,6 +189,80 @@ def test_ema_tracks_the_average():
     torch.testing.assert_close(ema.module.weight, 0.5 * start + 0.5 * 2.0)
 
 
+class _ReferenceEMA:
+    """The EMA rule written out: ``ema = d·ema + (1−d)·model`` over parameters, ``d = decay·(1−exp(−k/warmup))``
+    at the k-th update, buffers copied (the hand-written ModelEMA that AveragedModel replaced)."""
+
+    def __init__(self, model, decay, warmup):
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+        self.params = {name for name, _ in model.named_parameters()}
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+    def update(self, model):
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.warmup))
+        for name, value in model.state_dict().items():
+            if name in self.params:
+                self.state[name].mul_(d).add_(value, alpha=1 - d)
+            else:
+                self.state[name].copy_(value)
+
+
+def _small_model_with_buffers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.rand(2, 3, 6, 6))
+    model[0].bias.requires_grad_(False)  # frozen parameters are averaged too
+    return model
+
+
+def test_ema_reproduces_the_warmup_formula_bit_for_bit():
+    model = _small_model_with_buffers()
+    ema, reference = ModelEMA(model, decay=0.9, warmup=3), _ReferenceEMA(model, decay=0.9, warmup=3)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for step in range(6):
+        model.train()
+        model(torch.rand(2, 3, 6, 6) + step).square().mean().backward()  # changes weights and BN statistics
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            model[0].bias.add_(0.01)
+        ema.update(model)
+        reference.update(model)
+    assert ema.updates == reference.updates == 6
+    assert ema.current_decay() == pytest.approx(0.9 * (1 - math.exp(-6 / 3)))
+    state = ema.module.state_dict()
+    assert list(state) == list(reference.state)
+    for name, value in reference.state.items():
+        assert torch.equal(state[name], value), name
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_checkpoint_entry_keeps_its_format_both_ways(tmp_path):
+    model = _small_model_with_buffers()
+    ema = ModelEMA(model, decay=0.99, warmup=2)
+    for _ in range(3):
+        with torch.no_grad():
+            model[3].weight.add_(1.0)
+        ema.update(model)
+    entry = ema.state_dict_for_checkpoint()
+    assert set(entry) == {"model", "updates", "decay"} and entry["updates"] == 3 and entry["decay"] == 0.99
+    torch.save({"ema": entry}, tmp_path / "c.pth")
+    saved = torch.load(tmp_path / "c.pth", weights_only=True)["ema"]
+    # an entry written by the hand-written ModelEMA: the same three keys, read back into the new one
+    resumed, reference = ModelEMA(model, decay=0.99, warmup=2), _ReferenceEMA(model, decay=0.99, warmup=2)
+    resumed.load_from_checkpoint(saved)
+    reference.state = {k: v.clone() for k, v in saved["model"].items()}
+    reference.updates = saved["updates"]
+    assert resumed.updates == 3
+    with torch.no_grad():
+        model[3].weight.add_(1.0)
+    resumed.update(model)
+    reference.update(model)
+    for name, value in reference.state.items():
+        assert torch.equal(resumed.module.state_dict()[name], value), name
+
+
 def test_techniques_refuse_masks():
     with pytest.raises(ValueError, match="--masks"):
         build(masks=True, hidden_dim=128, nheads=8, num_groups=2)
@@ -214,9 +292,9 @@ def test_dab_denoising_queries_start_at_the_noised_boxes_and_primary_is_isolated
     captured = {}
     original = train_model.queries.noised_queries
 
-    def spy(m, targets, device):
-        result = original(m, targets, device)
-        captured["anchors"] = result[1]
+    def spy(targets, device):
+        result = original(targets, device)
+        captured["anchors"] = result[0].position
         return result
 
     train_model.queries.noised_queries = spy
@@ -242,8 +320,6 @@ def test_dab_checkpoint_loads_with_the_right_variant(tmp_path):
 
 # ------------------------------------------------------------------ dense one-to-many head
 def _dense(height, width, valid_rows, valid_cols, num_classes=3):
-    from torchdetr.losses.dense import DenseHead
-
     head = DenseHead(8, num_classes)
     mask = torch.ones(1, height, width, dtype=torch.bool)
     mask[0, :valid_rows, :valid_cols] = False
@@ -307,8 +383,9 @@ def test_two_stage_anchors_are_the_top_scoring_dense_boxes():
     model.eval()
     images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
     with torch.no_grad():
-        classes, coords, extras = model.forward_queries(images)
-    dense = extras["dense"]
+        encoded = model.encode(images)
+        coords = model.decode(encoded).boxes
+    dense = encoded.proposals
     scores = dense.logits.max(-1).values.masked_fill(~dense.valid, float("-inf"))
     for b in range(2):
         top = scores[b].topk(3).indices
@@ -329,8 +406,9 @@ def test_two_stage_with_fewer_cells_than_queries_reuses_the_best_cells_in_turn()
     _, model, _, _, _ = build(variant="dab", two_stage=True, num_queries=6)
     model.eval()
     with torch.no_grad():
-        classes, coords, extras = model.forward_queries([torch.rand(3, 64, 64)])  # stride 32: 2x2 cells
-    dense = extras["dense"]
+        encoded = model.encode([torch.rand(3, 64, 64)])  # stride 32: 2x2 cells
+        decoded = model.decode(encoded)
+    classes, coords, dense = decoded.logits, decoded.boxes, encoded.proposals
     order = dense.logits.max(-1).values[0].argsort(descending=True)
     expected = dense.boxes[0, order[[0, 1, 2, 3, 0, 1]]]
     torch.testing.assert_close(coords[0, 0], expected, rtol=0, atol=1e-5)
@@ -360,3 +438,56 @@ def test_dense_class_targets_are_the_assigned_objects_labels():
     expected = expected / (assigned >= 0).sum()
     actual = dense_loss(dense, targets, class_weight=1.0, bbox_weight=0.0, giou_weight=0.0)
     assert actual.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------ training owns query injection
+@pytest.mark.parametrize("overrides", [dict(dense_head=True), dict(variant="dab", two_stage=True, cls_loss="focal")],
+                         ids=["dense_head", "two_stage"])
+def test_training_outputs_without_extra_queries_equal_the_plain_forward_exactly(overrides):
+    _, model, _, _, (train_model, _) = build(**overrides)
+    model.eval()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64)]
+    with torch.no_grad():
+        plain = model(images)
+        pred = train_model(images, targets_batch())
+    assert pred.dense is not None and pred.group_outputs == [] and pred.dn_outputs is None
+    assert torch.equal(pred.outputs["pred_logits"], plain["pred_logits"])
+    assert torch.equal(pred.outputs["pred_boxes"], plain["pred_boxes"])
+    assert torch.equal(pred.outputs["aux_outputs"][0]["pred_boxes"], plain["aux_outputs"][0]["pred_boxes"])
+
+
+@pytest.mark.parametrize("variant", ["detr", "dab"])
+def test_training_only_parameters_stay_out_of_the_model(variant):
+    _, plain, _, _, _ = build(variant=variant)
+    _, model, _, _, (train_model, _) = build(variant=variant, num_groups=2, dn_groups=2, dense_head=variant == "detr")
+    assert list(model.state_dict()) == list(plain.state_dict())
+    extra = {k.split(".")[0] for k in train_model.queries.state_dict()}
+    assert extra == ({"group_query_embed", "label_embed", "box_pos", "dense_head"} if variant == "detr"
+                     else {"group_query_embed", "label_embed"})  # anchors need no box MLP
+
+
+def test_query_adapters_write_extra_queries_like_the_models_own():
+    from torchdetr.models.anchor_detr import INITIAL_ANCHOR_SIZE
+    from torchdetr.training.queries import BoxSineQuery, query_adapter
+
+    _, detr, _, _, _ = build()
+    _, dab, _, _, _ = build(variant="dab")
+    boxes = torch.tensor([[0.3, 0.4, 0.2, 0.1], [0.7, 0.5, 0.5, 0.9]])
+    detr_adapter, dab_adapter = query_adapter(detr), query_adapter(dab)
+    assert detr_adapter.group_embedding(3).weight.shape == (3, 32)  # position embeddings of hidden_dim
+    assert isinstance(detr_adapter.box_query(32), BoxSineQuery) and detr_adapter.box_query(32)(boxes).shape == (2, 32)
+    anchors = dab_adapter.group_embedding(6).weight.sigmoid()
+    torch.testing.assert_close(anchors[:, 2:], torch.full((6, 2), INITIAL_ANCHOR_SIZE))
+    box_query = dab_adapter.box_query(32)
+    assert list(box_query.parameters()) == []
+    torch.testing.assert_close(box_query(boxes).sigmoid(), boxes)  # the noised boxes are the anchors
+
+
+def test_technique_total_is_the_set_criterion_total_plus_weighted_technique_losses():
+    _, _, criterion, _, (train_model, train_criterion) = build(num_groups=2, dn_groups=2, dense_head=True)
+    pred = train_model([torch.rand(3, 64, 64)] * 2, targets_batch())
+    losses = train_criterion(pred, targets_batch())
+    techniques = ("loss_groups", "loss_dn", "loss_dense")
+    assert set(techniques) <= set(losses)
+    expected = criterion.weighted_total(losses) + sum(train_criterion.weight_dict[k] * losses[k] for k in techniques)
+    assert train_criterion.weighted_total(losses).item() == pytest.approx(expected.item(), rel=1e-6)

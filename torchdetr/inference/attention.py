@@ -55,11 +55,10 @@ def capture_attention(model: nn.Module) -> Iterator[CapturedAttention]:
     transformer = core.transformer
     captured = CapturedAttention()
 
-    def on_transformer(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        src = args[0] if args else kwargs["src"]
-        mask = args[1] if len(args) > 1 else kwargs.get("mask")
-        captured.feature_size = (int(src.shape[-2]), int(src.shape[-1]))
-        captured.mask = None if mask is None else mask.detach()
+    def on_backbone(_module: nn.Module, _args: tuple, output: tuple[list, list]) -> None:
+        encoded_map = output[0][-1]  # the transformer encodes the backbone's last feature map
+        captured.feature_size = (int(encoded_map.tensors.shape[-2]), int(encoded_map.tensors.shape[-1]))
+        captured.mask = None if encoded_map.mask is None else encoded_map.mask.detach()
 
     def on_encoder(_module: nn.Module, _args: tuple, output: tuple[Tensor, Tensor]) -> None:
         captured.encoder = output[1].detach()
@@ -67,7 +66,7 @@ def capture_attention(model: nn.Module) -> Iterator[CapturedAttention]:
     def on_decoder(_module: nn.Module, _args: tuple, output: tuple[Tensor, Tensor]) -> None:
         captured.decoder = output[1].detach()
 
-    handles = [transformer.register_forward_pre_hook(on_transformer, with_kwargs=True)]
+    handles = [core.backbone.register_forward_hook(on_backbone)]
     try:
         if len(transformer.encoder.layers):
             encoder_attn = transformer.encoder.layers[-1].self_attn

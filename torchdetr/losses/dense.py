@@ -1,4 +1,4 @@
-"""A training-only dense head on the encoder memory: one-to-many supervision of every feature cell.
+"""The dense head's loss: one-to-many supervision of every encoder cell (the head: ``models.heads.DenseHead``).
 
 DETR's set loss reaches the backbone only through a handful of matched queries per image; from
 random weights that signal is too weak to shape features quickly. Collaborative/hybrid-assignment
@@ -9,8 +9,9 @@ centre always is; a cell claimed by several boxes goes to the smallest), and a s
 for every cell, sigmoid class scores and a box relative to the cell. Losses: sigmoid focal over all
 valid cells, L1 + GIoU on positives, each normalised by the number of positive cells.
 
-For plain DETR the head lives in ``TrainingQueries`` (inference, checkpoints of the model and exports
-are unchanged); two-stage anchor models (``--two_stage``) have it built in and use it for query selection.
+For plain DETR the head is training-only (``training.queries``: inference, checkpoints of the model and
+exports are unchanged); two-stage anchor models (``--two_stage``) have it built in and use it for query
+selection.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..models.heads import DenseHead, DenseOutputs
+from ..models.heads import DenseOutputs
 
-__all__ = ["DenseHead", "DenseOutputs", "assign_cells", "dense_loss"]
+__all__ = ["assign_cells", "dense_loss", "dense_loss_weights"]
 
 CENTRE_REGION = 0.25  # positives: cell centres within ±25 % of the box size around the box centre
+# the dense head's focal class loss is weighted 2 × the set loss's class weight (DINO's encoder loss
+# weight 2 with ce weight 1); its box losses take the set loss's weights
+DENSE_CLASS_WEIGHT_FACTOR = 2.0
+
+
+def dense_loss_weights(weight_dict: dict[str, float]) -> dict[str, float]:
+    """``dense_loss``'s class/bbox/giou weights from the set criterion's ``weight_dict``."""
+    return {"class_weight": DENSE_CLASS_WEIGHT_FACTOR * weight_dict["loss_ce"],
+            "bbox_weight": weight_dict["loss_bbox"], "giou_weight": weight_dict["loss_giou"]}
 
 
 def assign_cells(dense: DenseOutputs, targets: list[dict[str, Tensor]]) -> Tensor:

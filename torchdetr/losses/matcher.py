@@ -7,6 +7,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from ..errors import ConfigError
+
 Indices = list[tuple[Tensor, Tensor]]
 
 
@@ -28,7 +30,7 @@ class HungarianMatcher(nn.Module):
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: all matching costs are 0 (set_cost_class/bbox/giou)")
+            raise ConfigError("--set_cost_class, --set_cost_bbox and --set_cost_giou are all 0: matching needs a non-zero cost")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
+from ..errors import ConfigError
 from ..structures import nested_tensor_from_tensor_list
 from .matcher import HungarianMatcher, Indices
 
@@ -83,7 +84,7 @@ class SetCriterion(nn.Module):
     ) -> None:
         super().__init__()
         if cls_loss not in ("ce", "focal"):
-            raise ValueError(f"--cls_loss: unknown classification loss {cls_loss!r} (ce or focal)")
+            raise ConfigError(f"--cls_loss: unknown classification loss {cls_loss!r} (ce or focal)")
         self.cls_loss = cls_loss
         self.focal_alpha = focal_alpha
         self.num_classes = num_classes
@@ -188,8 +189,16 @@ class SetCriterion(nn.Module):
         return losses
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        """Σ weight_dict[k] · losses[k] over the weighted entries."""
-        return sum(losses[k] * self.weight_dict[k] for k in losses if k in self.weight_dict)
+        """Σ weight_dict[k] · losses[k] over the weighted entries (the loss that is optimised)."""
+        return weighted_total(losses, self.weight_dict)
+
+
+def weighted_total(losses: dict[str, Tensor], weight_dict: dict[str, float]) -> Tensor:
+    """Σ weight_dict[k] · losses[k] over the entries of ``losses`` that have a weight, in ``losses``' order.
+
+    Unweighted entries (``class_error``, ``cardinality_error``) are logged, never optimised.
+    """
+    return sum(losses[k] * weight_dict[k] for k in losses if k in weight_dict)
 
 
 def default_weight_dict(

@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .dense import dense_loss
+from .dense import dense_loss, dense_loss_weights
 from .outputs import QueryLayout, TrainingOutputs
-from .set_criterion import SetCriterion, world_average_num_boxes
+from .set_criterion import SetCriterion, weighted_total, world_average_num_boxes
 
 Targets = list[dict[str, Tensor]]
-
-# the dense head's focal class loss is weighted 2 × the set loss's class weight (DINO's encoder loss
-# weight 2 with ce weight 1); its box losses take the set loss's weights
-DENSE_CLASS_WEIGHT_FACTOR = 2.0
 
 
 def denoising_indices(targets: Targets, layout: QueryLayout) -> list[tuple[Tensor, Tensor]]:
@@ -54,25 +50,21 @@ class TrainingCriterion(nn.Module):
         if predictions.dn_outputs is not None:
             losses["loss_dn"] = self.denoising_loss(predictions.dn_outputs, targets, predictions.layout)
         if predictions.dense is not None:
-            losses["loss_dense"] = dense_loss(
-                predictions.dense, targets, class_weight=DENSE_CLASS_WEIGHT_FACTOR * self.criterion.weight_dict["loss_ce"],
-                bbox_weight=self.criterion.weight_dict["loss_bbox"],
-                giou_weight=self.criterion.weight_dict["loss_giou"], focal_alpha=self.criterion.focal_alpha)
+            losses["loss_dense"] = dense_loss(predictions.dense, targets, focal_alpha=self.criterion.focal_alpha,
+                                              **dense_loss_weights(self.criterion.weight_dict))
         return losses
 
     def denoising_loss(self, dn_outputs: dict, targets: Targets, layout: QueryLayout) -> Tensor:
+        """Σ over decoder layers of the weighted labels + boxes losses, each copy paired with its own object."""
         indices = denoising_indices(targets, layout)
-        device = dn_outputs["pred_logits"].device
-        num_boxes = world_average_num_boxes(targets, device) * layout.dn_groups
-        layers = [dn_outputs, *dn_outputs.get("aux_outputs", [])]
-        total = torch.zeros((), device=device)
-        base_weights = self.criterion.weight_dict
-        for layer in layers:
-            for loss in ("labels", "boxes"):
-                kwargs = {"log": False} if loss == "labels" else {}
-                for k, v in self.criterion.get_loss(loss, layer, targets, indices, num_boxes, **kwargs).items():
-                    total = total + v * base_weights[k]
+        num_boxes = world_average_num_boxes(targets, dn_outputs["pred_logits"].device) * layout.dn_groups
+        total = torch.zeros((), device=dn_outputs["pred_logits"].device)
+        for layer in [dn_outputs, *dn_outputs.get("aux_outputs", [])]:
+            layer_losses = self.criterion.get_loss("labels", layer, targets, indices, num_boxes, log=False)
+            layer_losses.update(self.criterion.get_loss("boxes", layer, targets, indices, num_boxes))
+            total = total + weighted_total(layer_losses, self.criterion.weight_dict)
         return total
 
     def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
-        return sum(losses[k] * self.weight_dict[k] for k in losses if k in self.weight_dict)
+        """The set criterion's weighted sum, over this criterion's ``weight_dict`` (technique losses included)."""
+        return weighted_total(losses, self.weight_dict)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..errors import ConfigError
 from ..structures import NestedTensor
 from .position_encoding import build_position_encoding
 
@@ -30,7 +31,7 @@ def _norm_layer(kind: str) -> type[nn.Module] | partial:
         return nn.BatchNorm2d
     if kind == "group":
         return partial(_group_norm)
-    raise ValueError(f"--backbone_norm: unknown kind {kind!r} (frozen, batch or group)")
+    raise ConfigError(f"--backbone_norm: unknown kind {kind!r} (frozen, batch or group)")
 
 
 def _group_norm(num_channels: int) -> nn.GroupNorm:
@@ -72,7 +73,7 @@ class Backbone(nn.Module):
     ) -> None:
         super().__init__()
         if name not in RESNETS:
-            raise ValueError(f"--backbone: unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+            raise ConfigError(f"--backbone: unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
         basic = name in ("resnet18", "resnet34")
         body = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation and not basic], norm_layer=_norm_layer(norm)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from torch import nn
 
@@ -11,14 +10,14 @@ from ..config import DETRConfig
 from .anchor_detr import AnchorDETR
 from .backbone import build_backbone
 from .detr import DETR
+from .heads import init_focal_prior
 from .postprocess import PostProcess, PostProcessPanoptic, PostProcessSegm
 from .segmentation import DETRsegm
 from .transformer import build_transformer
 
 log = logging.getLogger(__name__)
 
-COCO_THING_MAX_ID = 90
-FOCAL_PRIOR = 0.01  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
+COCO_THING_MAX_ID = 90  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
 
 
 def coco_panoptic_is_thing_map(num_classes: int) -> dict[int, bool]:
@@ -56,8 +55,7 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
         model = DETR(backbone, transformer, num_classes=cfg.num_classes, num_queries=cfg.num_queries,
                      aux_loss=cfg.aux_loss)
     if cfg.cls_loss == "focal":
-        # start every class at a 1 % sigmoid probability (focal-loss prior, as RetinaNet/Deformable DETR)
-        nn.init.constant_(model.class_embed.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
+        init_focal_prior(model.class_embed)  # sigmoid classes start at the focal prior (models.heads)
     if cfg.masks:
         model = DETRsegm(model, freeze_detr=cfg.frozen_weights is not None)
     return model

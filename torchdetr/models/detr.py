@@ -1,35 +1,88 @@
-"""The DETR detector: backbone → 1x1 projection → transformer → class head and box MLP."""
+"""The DETR detector: backbone → 1x1 projection → transformer → class head and box MLP.
+
+One forward path serves every variant and every caller::
+
+    encoded = model.encode(samples)           # backbone, projection, encoder        → Encoded
+    decoded = model.decode(encoded, queries)  # decoder over the queries, then heads → Decoded
+    outputs = make_outputs(decoded.logits, decoded.boxes, model.aux_loss)
+
+``forward`` is exactly that with the model's own queries (``model.queries(encoded)``). Variants override
+only what differs (``AnchorDETR``: its queries and its decoder loop); the mask head (``DETRsegm``) and
+training-only queries (``training.queries``) call ``encode``/``decode`` instead of re-implementing them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structures import NestedTensor, as_nested_tensor
 from .backbone import Joiner
-from .position_encoding import box_sine_encoding
-from .transformer import Transformer
+from .heads import MLP, DenseOutputs
+from .transformer import Transformer, to_sequence
 
 Outputs = dict[str, Tensor | list[dict[str, Tensor]]]
 
+__all__ = ["DETR", "MLP", "Decoded", "DecoderQueries", "Encoded", "Outputs", "aux_outputs", "make_outputs"]
 
-class MLP(nn.Module):
-    """A plain multi-layer perceptron with ReLU between layers (the box head uses 3 layers)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.num_layers = num_layers
-        hidden = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim, *hidden], [*hidden, output_dim]))
+@dataclass
+class Encoded:
+    """The encoder side of one forward pass: everything a decoder (or the mask head) reads.
 
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
-        return x
+    ``features``: the backbone's feature maps (NestedTensors, finest first; the last one is encoded);
+    ``src`` [B, C, h, w]: the last map projected to ``hidden_dim``; ``mask`` [B, h, w] (True = padding);
+    ``pos`` [h*w, B, C] and ``memory`` [h*w, B, C]: position encoding and encoder output, sequence-first;
+    ``proposals``: per-cell predictions of a two-stage model's dense head (None for other models).
+    """
+
+    features: list[NestedTensor]
+    src: Tensor
+    mask: Tensor
+    pos: Tensor
+    memory: Tensor
+    proposals: DenseOutputs | None = None
+
+    @property
+    def key_padding_mask(self) -> Tensor:
+        """[B, h*w]: ``mask`` flattened like the tokens."""
+        return self.mask.flatten(1)
+
+    @property
+    def memory_map(self) -> Tensor:
+        """[B, C, h, w]: the encoder output laid out as the feature map."""
+        batch, channels, height, width = self.src.shape
+        return self.memory.permute(1, 2, 0).view(batch, channels, height, width)
+
+
+@dataclass
+class DecoderQueries:
+    """The decoder's N queries: ``position`` [N, B, D], ``content`` [N, B, C], ``attn_mask`` [N, N] or None.
+
+    ``position`` is what the variant turns into positional queries: DETR's learned embeddings (D = C)
+    or AnchorDETR's anchor boxes as logits (D = 4). ``content`` is the decoder's initial target (zeros
+    for DETR's own queries). ``attn_mask`` (True = may not attend) restricts query self-attention.
+    """
+
+    position: Tensor
+    content: Tensor
+    attn_mask: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.position.shape[0]
+
+
+@dataclass
+class Decoded:
+    """Per decoder layer: normalised states ``hidden`` [L, B, N, C], class ``logits`` [L, B, N, K+1] and
+    ``boxes`` [L, B, N, 4] (cxcywh in [0, 1])."""
+
+    hidden: Tensor
+    logits: Tensor
+    boxes: Tensor
 
 
 class DETR(nn.Module):
@@ -67,60 +120,30 @@ class DETR(nn.Module):
         """K: the class head has K+1 outputs."""
         return self.class_embed.out_features - 1
 
-    @property
-    def query_dim(self) -> int:
-        """Size of one query in ``forward_queries``: a position embedding of ``hidden_dim``."""
-        return self.query_embed.embedding_dim
-
-    def new_query_embedding(self, num: int) -> nn.Embedding:
-        """``num`` extra queries initialised like the model's own (for training-only query groups)."""
-        return nn.Embedding(num, self.query_dim)
-
-    def box_to_query(self, boxes: Tensor, box_pos: nn.Module | None) -> Tensor:
-        """Denoising queries' positions from (noised) boxes [..., 4]: ``box_pos`` MLP of their sine encoding."""
-        return box_pos(box_sine_encoding(boxes))
-
     def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
-        samples = as_nested_tensor(samples)
-        features, pos = self.backbone(samples)
+        decoded = self.decode(self.encode(samples))
+        return make_outputs(decoded.logits, decoded.boxes, self.aux_loss)
+
+    def encode(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Encoded:
+        """Backbone, 1x1 projection and transformer encoder over the last feature map."""
+        features, pos = self.backbone(as_nested_tensor(samples))
         src, mask = features[-1].decompose()
-        hs = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1])[0]
-        return self.predict_from_decoder(hs)
+        src = self.input_proj(src)
+        pos_seq = to_sequence(pos[-1])
+        memory = self.transformer.encode(to_sequence(src), mask.flatten(1), pos_seq)
+        return Encoded(features=features, src=src, mask=mask, pos=pos_seq, memory=memory)
 
-    def forward_queries(
-        self,
-        samples: NestedTensor | Tensor | Sequence[Tensor],
-        prefix_tgt: Tensor | None = None,
-        prefix_query: Tensor | None = None,
-        suffix_query: Tensor | None = None,
-        tgt_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        """Decode extra queries together with the model's own (training-only query groups/denoising).
+    def queries(self, encoded: Encoded) -> DecoderQueries:
+        """The model's own Q queries: the learned position embeddings, zero content."""
+        position = self.query_embed.weight.unsqueeze(1).repeat(1, encoded.src.shape[0], 1)
+        return DecoderQueries(position=position, content=torch.zeros_like(position))
 
-        Decoder queries are ``[prefix (P) | own (Q) | suffix (S)]``: ``prefix_tgt`` [P, B, C] content and
-        ``prefix_query`` [P, B, D] positions, ``suffix_query`` [S, D] positions (content zero), with
-        D = ``query_dim``; ``tgt_mask`` [N, N] (True = blocked) restricts their self-attention.
-        Returns ``(outputs_class [L, B, N, K+1], outputs_coord [L, B, N, 4], extras)`` where ``extras``
-        holds the encoder ``memory`` [B, C, h, w] and its padding ``mask`` [B, h, w].
-        """
-        samples = as_nested_tensor(samples)
-        features, pos = self.backbone(samples)
-        src, mask = features[-1].decompose()
-        batch = src.shape[0]
-        queries = self.query_embed.weight
-        if suffix_query is not None:
-            queries = torch.cat([queries, suffix_query], dim=0)
-        queries = queries.unsqueeze(1).repeat(1, batch, 1)
-        tgt = torch.zeros_like(queries)
-        if prefix_query is not None:
-            queries = torch.cat([prefix_query, queries], dim=0)
-            tgt = torch.cat([prefix_tgt, tgt], dim=0)
-        hs, memory = self.transformer(self.input_proj(src), mask, queries, pos[-1], tgt=tgt, tgt_mask=tgt_mask)
-        return self.class_embed(hs), self.bbox_embed(hs).sigmoid(), {"memory": memory, "mask": mask}
-
-    def predict_from_decoder(self, hs: Tensor) -> Outputs:
-        """Decoder states [L, B, Q, C] → the output dict (heads shared by all layers)."""
-        return make_outputs(self.class_embed(hs), self.bbox_embed(hs).sigmoid(), self.aux_loss)
+    def decode(self, encoded: Encoded, queries: DecoderQueries | None = None) -> Decoded:
+        """Decode ``queries`` (default: the model's own) over the encoder memory; heads shared by all layers."""
+        queries = queries if queries is not None else self.queries(encoded)
+        hs = self.transformer.decode(queries.content, encoded.memory, encoded.key_padding_mask, encoded.pos,
+                                     queries.position, queries.attn_mask)
+        return Decoded(hidden=hs, logits=self.class_embed(hs), boxes=self.bbox_embed(hs).sigmoid())
 
 
 def make_outputs(outputs_class: Tensor, outputs_coord: Tensor, aux_loss: bool) -> Outputs:

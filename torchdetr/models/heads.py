@@ -1,21 +1,49 @@
-"""Per-cell detection head on the encoder memory (class scores and a box for every feature cell).
+"""Prediction heads shared by the model variants: the box MLP, the focal-loss prior, the per-cell dense head.
 
-Used by the two-stage anchor variant (its top cells become the decoder's anchors) and, training only,
-as dense one-to-many supervision of plain DETR (``training/dense.py``).
+The dense head predicts class scores and a box for every cell of the encoder memory. The two-stage
+anchor variant owns one (its top cells become the decoder's anchors); plain DETR gets one during
+training only (``training.queries``). Its one-to-many loss and cell assignment live in ``losses.dense``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .detr import MLP
-
 CELL_ANCHOR_SIZE = 0.2  # boxes are predicted relative to (cell centre, this size)
-FOCAL_PRIOR_BIAS = -4.6  # log(0.01 / 0.99): every class starts at a 1 % probability
 LOGIT_EPS = 1e-5  # boxes are clamped to [eps, 1 − eps] before torch.logit (inverse sigmoid)
+# Focal-loss prior (RetinaNet, Lin et al. 2017, §4.1; Deformable DETR): every class starts at a 1 %
+# sigmoid probability, so the first focal-loss steps are not dominated by the many easy negatives.
+FOCAL_PRIOR_PROBABILITY = 0.01
+
+
+def focal_prior_bias(probability: float = FOCAL_PRIOR_PROBABILITY) -> float:
+    """The class bias whose sigmoid is ``probability``: −log((1 − p) / p) (−4.595 for 1 %)."""
+    return -math.log((1 - probability) / probability)
+
+
+def init_focal_prior(classifier: nn.Linear) -> None:
+    """Set every class logit's bias to the focal prior (``FOCAL_PRIOR_PROBABILITY``)."""
+    nn.init.constant_(classifier.bias, focal_prior_bias())
+
+
+class MLP(nn.Module):
+    """A plain multi-layer perceptron with ReLU between layers (the box head uses 3 layers)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        hidden = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim, *hidden], [*hidden, output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return x
 
 
 @dataclass
@@ -31,13 +59,17 @@ class DenseOutputs:
 
 
 class DenseHead(nn.Module):
-    """Class scores (K real classes) and a box for every encoder cell."""
+    """Class scores (K real classes, focal prior) and a box for every encoder cell.
+
+    Boxes are predicted as a correction (in inverse-sigmoid space, zero at the start) of an anchor
+    of size ``CELL_ANCHOR_SIZE`` centred on the cell.
+    """
 
     def __init__(self, hidden_dim: int, num_classes: int) -> None:
         super().__init__()
         self.class_head = nn.Linear(hidden_dim, num_classes)
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
-        nn.init.constant_(self.class_head.bias, FOCAL_PRIOR_BIAS)
+        init_focal_prior(self.class_head)
         nn.init.zeros_(self.box_head.layers[-1].weight)
         nn.init.zeros_(self.box_head.layers[-1].bias)
 

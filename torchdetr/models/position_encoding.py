@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..structures import NestedTensor
 
 LEARNED_GRID_SIZE = 50  # rows/columns of the learned embedding tables (feature maps up to 50x50)
@@ -74,7 +75,7 @@ class PositionEmbeddingLearned(nn.Module):
         x = tensor_list.tensors
         h, w = x.shape[-2:]
         if h > LEARNED_GRID_SIZE or w > LEARNED_GRID_SIZE:
-            raise ValueError(
+            raise ConfigError(
                 f"learned position encoding covers feature maps up to {LEARNED_GRID_SIZE}x{LEARNED_GRID_SIZE}, "
                 f"got {h}x{w}: use smaller images or --position_embedding sine"
             )
@@ -95,7 +96,7 @@ def build_position_encoding(hidden_dim: int, kind: str = "sine") -> nn.Module:
         return PositionEmbeddingSine(num_pos_feats, normalize=True)
     if kind in ("learned", "v3"):
         return PositionEmbeddingLearned(num_pos_feats)
-    raise ValueError(f"--position_embedding: unknown kind {kind!r} (sine or learned)")
+    raise ConfigError(f"--position_embedding: unknown kind {kind!r} (sine or learned)")
 
 
 def box_sine_encoding(boxes: Tensor, feats: int = BOX_SINE_FEATS) -> Tensor:

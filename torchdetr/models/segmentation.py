@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..structures import NestedTensor, as_nested_tensor
-from .detr import DETR, Outputs, aux_outputs
+from ..structures import NestedTensor
+from .detr import DETR, Encoded, Outputs, make_outputs
 
 GROUP_NORM_GROUPS = 8
 
@@ -125,20 +125,15 @@ class DETRsegm(nn.Module):
         return self.detr.aux_loss
 
     def forward(self, samples: NestedTensor | Tensor | Sequence[Tensor]) -> Outputs:
-        samples = as_nested_tensor(samples)
-        detr = self.detr
-        features, pos = detr.backbone(samples)
-        bs = features[-1].tensors.shape[0]
-        src, mask = features[-1].decompose()
-        src_proj = detr.input_proj(src)
-        hs, memory = detr.transformer(src_proj, mask, detr.query_embed.weight, pos[-1])
-        outputs_class = detr.class_embed(hs)
-        outputs_coord = detr.bbox_embed(hs).sigmoid()
-        out: Outputs = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if detr.aux_loss:
-            out["aux_outputs"] = aux_outputs(outputs_class, outputs_coord)
-        bbox_mask = self.bbox_attention(hs[-1], memory, mask=mask)
-        seg_masks = self.mask_head(src_proj, bbox_mask,
-                                   [features[2].tensors, features[1].tensors, features[0].tensors])
-        out["pred_masks"] = seg_masks.view(bs, hs.shape[2], seg_masks.shape[-2], seg_masks.shape[-1])
+        encoded = self.detr.encode(samples)
+        decoded = self.detr.decode(encoded)
+        out = make_outputs(decoded.logits, decoded.boxes, self.detr.aux_loss)
+        out["pred_masks"] = self.predict_masks(encoded, decoded.hidden[-1])
         return out
+
+    def predict_masks(self, encoded: Encoded, hidden: Tensor) -> Tensor:
+        """Mask logits [B, Q, H/4, W/4] of the last decoder layer's states ``hidden`` [B, Q, C]."""
+        bbox_mask = self.bbox_attention(hidden, encoded.memory_map, mask=encoded.mask)
+        features = encoded.features
+        seg_masks = self.mask_head(encoded.src, bbox_mask, [features[2].tensors, features[1].tensors, features[0].tensors])
+        return seg_masks.view(hidden.shape[0], hidden.shape[1], seg_masks.shape[-2], seg_masks.shape[-1])

@@ -215,12 +215,18 @@ class TransformerDecoder(nn.Module):
         return output.unsqueeze(0)
 
 
+def to_sequence(feature_map: Tensor) -> Tensor:
+    """A feature map [B, C, h, w] → the token sequence [h*w, B, C] (sequence-first, row by row)."""
+    return feature_map.flatten(2).permute(2, 0, 1)
+
+
 class Transformer(nn.Module):
     """Encoder-decoder of DETR.
 
-    ``forward(src [B, C, H, W], mask [B, H, W], query_embed [Q, C], pos_embed [B, C, H, W])``
-    returns ``(hs [L, B, Q, C], memory [B, C, H, W])``. ``tgt_mask`` (optional, [Q, Q] or
-    [B*nhead, Q, Q], True = blocked) restricts query self-attention (training-time query groups).
+    ``encode`` runs the encoder over the feature tokens, ``decode`` the decoder over the queries;
+    ``forward(src [B, C, H, W], mask [B, H, W], query_embed [Q, C], pos_embed [B, C, H, W])`` is the
+    original's one-call API and returns ``(hs [L, B, Q, C], memory [B, C, H, W])``. ``tgt_mask``
+    (optional, [Q, Q] or [B*nhead, Q, Q], True = blocked) restricts query self-attention.
     """
 
     def __init__(
@@ -251,6 +257,24 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
+    def encode(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor) -> Tensor:
+        """Tokens [HW, B, C], padding [B, HW] (True = padding), positions [HW, B, C] → memory [HW, B, C]."""
+        return self.encoder(src, src_key_padding_mask=key_padding_mask, pos=pos)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        key_padding_mask: Tensor,
+        pos: Tensor,
+        query_pos: Tensor,
+        tgt_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Queries ``tgt`` (content) and ``query_pos`` [N, B, C] over ``memory`` [HW, B, C] → hs [L, B, N, C]."""
+        hs = self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=key_padding_mask,
+                          pos=pos, query_pos=query_pos)
+        return hs.transpose(1, 2)
+
     def forward(
         self,
         src: Tensor,
@@ -261,17 +285,15 @@ class Transformer(nn.Module):
         tgt_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         bs, c, h, w = src.shape
-        src = src.flatten(2).permute(2, 0, 1)
-        pos_embed = pos_embed.flatten(2).permute(2, 0, 1)
+        pos = to_sequence(pos_embed)
         if query_embed.dim() == 2:
             query_embed = query_embed.unsqueeze(1).repeat(1, bs, 1)
-        mask = mask.flatten(1)
+        key_padding_mask = mask.flatten(1)
         if tgt is None:
             tgt = torch.zeros_like(query_embed)
-        memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
-        hs = self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=mask,
-                          pos=pos_embed, query_pos=query_embed)
-        return hs.transpose(1, 2), memory.permute(1, 2, 0).view(bs, c, h, w)
+        memory = self.encode(to_sequence(src), key_padding_mask, pos)
+        hs = self.decode(tgt, memory, key_padding_mask, pos, query_embed, tgt_mask)
+        return hs, memory.permute(1, 2, 0).view(bs, c, h, w)
 
 
 def build_transformer(

@@ -1,51 +1,82 @@
-"""Exponential moving average of model weights, evaluated and saved alongside the model."""
+"""Exponential moving average of model weights, evaluated and saved alongside the model.
+
+Built on ``torch.optim.swa_utils.AveragedModel`` (a deep copy of the model, its parameters averaged,
+its buffers copied) with a warm-up of the decay as the averaging rule.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from ..errors import ConfigError
+
+DEFAULT_DECAY = 0.9998
+DEFAULT_WARMUP = 1000  # updates; the decay reaches 63 % of its value after this many
 
 
-class ModelEMA(nn.Module):
+def warmup_decay(decay: float, warmup: float, updates: int) -> float:
+    """``decay · (1 − exp(−updates / warmup))``: small at first, so the random start fades out quickly."""
+    return decay * (1 - math.exp(-updates / warmup))
+
+
+def warmup_ema_multi_avg_fn(decay: float, warmup: float) -> Callable[[Sequence[Tensor], Sequence[Tensor], Tensor], None]:
+    """``AveragedModel``'s ``multi_avg_fn``: ``ema = d·ema + (1−d)·model`` in place, ``d = warmup_decay(updates)``.
+
+    ``AveragedModel`` passes the number of models averaged so far; ``ModelEMA`` counts its initial copy
+    as the first one, so at the k-th update that number is k.
+    """
+
+    def average(ema_params: Sequence[Tensor], model_params: Sequence[Tensor], num_averaged: Tensor | int) -> None:
+        d = warmup_decay(decay, warmup, int(num_averaged))
+        for ema, current in zip(ema_params, model_params, strict=True):
+            ema.mul_(d).add_(current, alpha=1 - d)
+
+    return average
+
+
+class ModelEMA(AveragedModel):
     """``ema = d·ema + (1−d)·model`` after every optimizer step, with a warm-up of the decay.
 
     ``d = decay · (1 − exp(−updates / warmup))`` so early averages are not dominated by the random
-    initialisation. Buffers (BatchNorm statistics) are copied, not averaged.
+    initialisation. Buffers (BatchNorm statistics) are copied, not averaged. ``module`` is the averaged
+    model (evaluated and saved); checkpoints hold ``{"model": state dict, "updates", "decay"}``.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: int = 1000) -> None:
-        super().__init__()
+    def __init__(self, model: nn.Module, decay: float = DEFAULT_DECAY, warmup: float = DEFAULT_WARMUP) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"--ema_decay must be in (0, 1), got {decay}")
-        self.module = copy.deepcopy(model).eval()
+            raise ConfigError(f"--ema_decay must be in (0, 1), got {decay}")
+        device = next(model.parameters()).device
+        super().__init__(model, device=device, multi_avg_fn=warmup_ema_multi_avg_fn(decay, warmup), use_buffers=False)
+        self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
         self.warmup = warmup
-        self.updates = 0
-        self._param_names = {name for name, _ in self.module.named_parameters()}
+        self.n_averaged.fill_(1)  # the copy made here is the first average: no copy on the first update
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps averaged so far."""
+        return int(self.n_averaged) - 1
 
     def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-self.updates / self.warmup))
+        """The decay that the last update used."""
+        return warmup_decay(self.decay, self.warmup, self.updates)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = self.current_decay()
-        ema_state = self.module.state_dict()
-        for name, value in model.state_dict().items():
-            target = ema_state[name]
-            if value.dtype.is_floating_point and name in self._param_names:
-                target.mul_(d).add_(value.detach(), alpha=1 - d)
-            else:
-                target.copy_(value)
+        """Average ``model``'s current weights in (call after every optimizer step)."""
+        self.update_parameters(model)
 
-    def state_dict_for_checkpoint(self) -> dict:
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
 
-    def load_from_checkpoint(self, state: dict) -> None:
+    def load_from_checkpoint(self, state: Mapping[str, Any]) -> None:
         self.module.load_state_dict(state["model"])
-        self.updates = int(state.get("updates", 0))
+        self.n_averaged.fill_(int(state.get("updates", 0)) + 1)

@@ -15,7 +15,10 @@ queries compute... except through shared weights:
   copy, and no model query sees any of them.
 
 The extra parameters live in ``TrainingQueries``, not in the model: checkpoints for inference,
-exported models and the forward pass at inference are exactly DETR's.
+exported models and the forward pass at inference are exactly DETR's. The queries go through the
+model's own ``encode``/``decode``; how an extra query is written for a model variant (a learned
+position embedding for DETR, an anchor box for ``AnchorDETR``) is the business of a small adapter here
+(``query_adapter``), not of the model.
 
 Query order in the decoder: ``[denoising (dn_groups × P) | primary (Q) | group 2 (Q) | …]`` where
 ``P`` is the largest number of objects of an image in the batch (shorter images are padded with
@@ -24,15 +27,22 @@ dummy queries that get no loss).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from ..errors import ConfigError
 from ..losses.outputs import QueryLayout, TrainingOutputs
-from ..models.detr import DETR, MLP, make_outputs
-from ..models.heads import DenseHead
-from ..models.position_encoding import BOX_SINE_FEATS
+from ..models.anchor_detr import AnchorDETR, init_anchors
+from ..models.detr import DETR, DecoderQueries, make_outputs
+from ..models.heads import LOGIT_EPS, MLP, DenseHead
+from ..models.position_encoding import BOX_SINE_FEATS, box_sine_encoding
 from ..structures import NestedTensor, as_nested_tensor
+
+MIN_NOISED_SIZE = 1e-3  # jittered boxes keep at least this width and height (normalised)
+DUMMY_BOX_LOW, DUMMY_BOX_SPAN = 0.25, 0.5  # padding slots of the denoising groups: random boxes in [0.25, 0.75]
 
 
 def attention_mask(layout: QueryLayout, device: torch.device | None = None) -> Tensor:
@@ -54,8 +64,59 @@ def attention_mask(layout: QueryLayout, device: torch.device | None = None) -> T
     return blocked
 
 
+# ------------------------------------------------------------------ per-variant query adapters
+class BoxSineQuery(MLP):
+    """DETR: a noised box [..., 4] → a position embedding [..., C], an MLP of the box's sine encoding."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__(4 * BOX_SINE_FEATS, hidden_dim, hidden_dim, 2)
+
+    def forward(self, boxes: Tensor) -> Tensor:
+        return super().forward(box_sine_encoding(boxes))
+
+
+class AnchorQuery(nn.Module):
+    """AnchorDETR: a noised box [..., 4] is itself the anchor, as logits [..., 4] (DN-DAB-DETR; no parameters)."""
+
+    def forward(self, boxes: Tensor) -> Tensor:
+        return torch.logit(boxes, LOGIT_EPS)
+
+
+@dataclass(frozen=True)
+class QueryAdapter:
+    """How training-only queries are written for one model variant.
+
+    ``position_dim``: size D of a query position (``DecoderQueries.position`` [N, B, D]);
+    ``anchors``: positions are anchor boxes (AnchorDETR) rather than learned embeddings (DETR).
+    """
+
+    position_dim: int
+    anchors: bool
+
+    def group_embedding(self, num: int) -> nn.Embedding:
+        """``num`` extra learned query positions, initialised like the model's own."""
+        embedding = nn.Embedding(num, self.position_dim)
+        if self.anchors:
+            init_anchors(embedding)
+        return embedding
+
+    def box_query(self, hidden_dim: int) -> nn.Module:
+        """The module turning denoising boxes [..., 4] into query positions [..., D]."""
+        return AnchorQuery() if self.anchors else BoxSineQuery(hidden_dim)
+
+
+def query_adapter(model: DETR) -> QueryAdapter:
+    """The adapter of ``model``'s variant (its query positions: ``query_embed`` [Q, D])."""
+    return QueryAdapter(position_dim=model.query_embed.embedding_dim, anchors=isinstance(model, AnchorDETR))
+
+
+# ------------------------------------------------------------------ the training-only queries
 class TrainingQueries(nn.Module):
-    """Extra query groups and denoising queries for training (see module docstring)."""
+    """Extra query groups, denoising queries and the dense head for training (see module docstring).
+
+    Parameters (saved apart from the model, as ``training_queries``): ``group_query_embed``
+    [(G-1)·Q, D], ``label_embed`` [K+1, C] and ``box_pos`` (DETR only) for denoising, ``dense_head``.
+    """
 
     def __init__(
         self,
@@ -68,43 +129,41 @@ class TrainingQueries(nn.Module):
     ) -> None:
         super().__init__()
         if num_groups < 1:
-            raise ValueError(f"--num_groups must be >= 1, got {num_groups}")
+            raise ConfigError(f"--num_groups must be >= 1, got {num_groups}")
         if dn_groups < 0:
-            raise ValueError(f"--dn_groups must be >= 0, got {dn_groups}")
+            raise ConfigError(f"--dn_groups must be >= 0, got {dn_groups}")
+        if num_groups > 1 and getattr(model, "two_stage", False):
+            raise ConfigError("--num_groups is not supported with --two_stage (the dense head already gives "
+                              "one-to-many supervision)")
         hidden_dim = model.transformer.d_model
+        adapter = query_adapter(model)
         self.num_groups = num_groups
         self.dn_groups = dn_groups
         self.num_queries = model.num_queries
         self.num_classes = model.num_classes
         self.dn_box_noise = dn_box_noise
         self.dn_label_noise = dn_label_noise
-        self.group_query_embed = model.new_query_embedding((num_groups - 1) * self.num_queries) if num_groups > 1 else None
-        self.box_pos = None
+        self.group_query_embed = adapter.group_embedding((num_groups - 1) * self.num_queries) if num_groups > 1 else None
         self.dense_head = DenseHead(hidden_dim, self.num_classes) if dense_head else None
-        if dn_groups > 0:
-            self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim)
-            if model.query_dim == hidden_dim:  # DETR: positions are embeddings; anchor models take boxes
-                self.box_pos = MLP(4 * BOX_SINE_FEATS, hidden_dim, hidden_dim, 2)
+        self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim) if dn_groups > 0 else None
+        self.box_pos = adapter.box_query(hidden_dim) if dn_groups > 0 else None
 
     @property
     def active(self) -> bool:
         return self.num_groups > 1 or self.dn_groups > 0 or self.dense_head is not None
 
     # ------------------------------------------------------------------ denoising inputs
-    def noised_queries(
-        self, model: DETR, targets: list[dict[str, Tensor]], device: torch.device
-    ) -> tuple[Tensor, Tensor, int, Tensor]:
-        """Denoising content/position queries.
+    def noised_queries(self, targets: list[dict[str, Tensor]], device: torch.device) -> tuple[DecoderQueries, int, Tensor]:
+        """Denoising queries (content = label embedding, position = ``box_pos`` of the noised box).
 
-        Returns ``tgt`` [D, B, C], ``query`` [D, B, query_dim] (D = dn_groups * P), ``P`` and a bool
-        ``valid`` [B, D] that is False on padding slots.
+        Returns the queries (``position`` [D, B, *], ``content`` [D, B, C], D = dn_groups * P), ``P`` and
+        a bool ``valid`` [B, D] that is False on padding slots.
         """
         batch = len(targets)
         pad = max((len(t["labels"]) for t in targets), default=0)
         d_total = self.dn_groups * pad
-        hidden = self.label_embed.embedding_dim
         labels = torch.full((batch, d_total), self.num_classes, dtype=torch.int64, device=device)
-        boxes = torch.rand(batch, d_total, 4, device=device) * 0.5 + 0.25  # dummy boxes on padding slots
+        boxes = torch.rand(batch, d_total, 4, device=device) * DUMMY_BOX_SPAN + DUMMY_BOX_LOW
         valid = torch.zeros(batch, d_total, dtype=torch.bool, device=device)
         for b, t in enumerate(targets):
             m = len(t["labels"])
@@ -115,12 +174,9 @@ class TrainingQueries(nn.Module):
                 labels[b, s] = self._flip_labels(t["labels"])
                 boxes[b, s] = self._jitter_boxes(t["boxes"])
                 valid[b, s] = True
-        if d_total == 0:
-            return (torch.zeros(0, batch, hidden, device=device), torch.zeros(0, batch, model.query_dim, device=device),
-                    pad, valid)
-        tgt = self.label_embed(labels).transpose(0, 1)
-        query = model.box_to_query(boxes, self.box_pos).transpose(0, 1)
-        return tgt, query, pad, valid
+        content = self.label_embed(labels).transpose(0, 1)
+        position = self.box_pos(boxes).transpose(0, 1)
+        return DecoderQueries(position=position, content=content), pad, valid
 
     def _flip_labels(self, labels: Tensor) -> Tensor:
         if self.dn_label_noise <= 0:
@@ -138,7 +194,14 @@ class TrainingQueries(nn.Module):
         jitter = (torch.rand_like(xyxy) * 2 - 1) * half * self.dn_box_noise
         xyxy = (xyxy + jitter).clamp(0, 1)
         cxcywh = box_convert(xyxy, "xyxy", "cxcywh")
-        return torch.cat([cxcywh[:, :2], cxcywh[:, 2:].clamp(min=1e-3)], dim=1)
+        return torch.cat([cxcywh[:, :2], cxcywh[:, 2:].clamp(min=MIN_NOISED_SIZE)], dim=1)
+
+    def group_queries(self, batch: int, content_like: Tensor) -> DecoderQueries:
+        """The extra groups' learned positions [(G-1)·Q, B, D], zero content of ``content_like``'s dtype."""
+        position = self.group_query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        content = torch.zeros(position.shape[0], batch, content_like.shape[-1], device=position.device,
+                              dtype=content_like.dtype)
+        return DecoderQueries(position=position, content=content)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -146,30 +209,38 @@ class TrainingQueries(nn.Module):
     ) -> TrainingOutputs:
         """Decode the model's queries together with the extra ones (and run the dense head).
 
-        ``outputs`` is exactly what ``model(samples)`` computes for its own queries (with aux outputs).
+        ``outputs`` is what ``model(samples)`` computes for its own queries (with aux outputs): exactly,
+        without extra queries; up to float rounding with them (the blocked attention changes the sums).
         """
         samples = as_nested_tensor(samples)
         device = samples.tensors.device
-        prefix_tgt = prefix_query = valid = None
-        pad = 0
+        encoded = model.encode(samples)
+        own = model.queries(encoded)
+        parts, valid, pad = [own], None, 0
         if self.dn_groups > 0:
-            prefix_tgt, prefix_query, pad, valid = self.noised_queries(model, targets, device)
+            dn, pad, valid = self.noised_queries(targets, device)
+            parts.insert(0, dn)
+        if self.group_query_embed is not None:
+            parts.append(self.group_queries(own.content.shape[1], own.content))
         layout = QueryLayout(num_dn=self.dn_groups * pad, pad_size=pad, dn_groups=self.dn_groups,
                              num_queries=self.num_queries, num_groups=self.num_groups)
-        suffix = self.group_query_embed.weight if self.group_query_embed is not None else None
-        outputs_class, outputs_coord, extras = model.forward_queries(
-            samples, prefix_tgt, prefix_query, suffix, tgt_mask=attention_mask(layout, device))
+        queries = own
+        if len(parts) > 1:
+            queries = DecoderQueries(position=torch.cat([p.position for p in parts]),
+                                     content=torch.cat([p.content.to(own.content.dtype) for p in parts]),
+                                     attn_mask=attention_mask(layout, device))
+        decoded = model.decode(encoded, queries)
 
         def part(index: slice) -> dict:
-            return make_outputs(outputs_class[:, :, index], outputs_coord[:, :, index], model.aux_loss)
+            return make_outputs(decoded.logits[:, :, index], decoded.boxes[:, :, index], model.aux_loss)
 
         result = TrainingOutputs(outputs=part(layout.group_slice(0)), layout=layout,
                                  group_outputs=[part(layout.group_slice(g)) for g in range(1, self.num_groups)])
         if layout.num_dn > 0:
             result.dn_outputs = part(slice(0, layout.num_dn))
             result.dn_outputs["dn_valid"] = valid
-        if "dense" in extras:  # two-stage models: their own dense head is supervised
-            result.dense = extras["dense"]
+        if encoded.proposals is not None:  # two-stage models: their own dense head is supervised
+            result.dense = encoded.proposals
         elif self.dense_head is not None:
-            result.dense = self.dense_head(extras["memory"], extras["mask"])
+            result.dense = self.dense_head(encoded.memory_map, encoded.mask)
         return result

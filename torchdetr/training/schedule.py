@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
@@ -25,7 +27,7 @@ def build_lr_scheduler(
       ×0.1 from epoch ``lr_drop`` (``step``) or a cosine decay to ``min_lr_ratio`` at the last epoch.
     """
     if schedule not in ("step", "cosine"):
-        raise ValueError(f"--lr_schedule: unknown schedule {schedule!r} (step or cosine)")
+        raise ConfigError(f"--lr_schedule: unknown schedule {schedule!r} (step or cosine)")
     if schedule == "step" and warmup_iters <= 0:
         return torch.optim.lr_scheduler.StepLR(optimizer, lr_drop), False
     total = max(epochs * iters_per_epoch, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import DETRConfig
+from ..errors import ConfigError
 from ..losses.set_criterion import SetCriterion
 from ..losses.techniques import TrainingCriterion
 from .queries import TrainingQueries
@@ -32,7 +33,7 @@ def build_training_model(
     if cfg.num_groups <= 1 and cfg.dn_groups <= 0 and not cfg.dense_head and not cfg.two_stage:
         return None
     if cfg.masks:
-        raise ValueError("--num_groups / --dn_groups / --dense_head are for detection training; not with --masks")
+        raise ConfigError("--num_groups / --dn_groups / --dense_head are for detection training; not with --masks")
     queries = TrainingQueries(model, num_groups=cfg.num_groups, dn_groups=cfg.dn_groups,
                               dn_box_noise=cfg.dn_box_noise, dn_label_noise=cfg.dn_label_noise,
                               dense_head=cfg.dense_head and not cfg.two_stage)
