@@ -475,10 +475,10 @@ def test_query_adapters_write_extra_queries_like_the_models_own():
     boxes = torch.tensor([[0.3, 0.4, 0.2, 0.1], [0.7, 0.5, 0.5, 0.9]])
     detr_adapter, dab_adapter = query_adapter(detr), query_adapter(dab)
     assert detr_adapter.group_embedding(3).weight.shape == (3, 32)  # position embeddings of hidden_dim
-    assert isinstance(detr_adapter.box_query(32), BoxSineQuery) and detr_adapter.box_query(32)(boxes).shape == (2, 32)
+    assert isinstance(detr_adapter.box_query(), BoxSineQuery) and detr_adapter.box_query()(boxes).shape == (2, 32)
     anchors = dab_adapter.group_embedding(6).weight.sigmoid()
     torch.testing.assert_close(anchors[:, 2:], torch.full((6, 2), INITIAL_ANCHOR_SIZE))
-    box_query = dab_adapter.box_query(32)
+    box_query = dab_adapter.box_query()
     assert list(box_query.parameters()) == []
     torch.testing.assert_close(box_query(boxes).sigmoid(), boxes)  # the noised boxes are the anchors
 

@@ -2,12 +2,12 @@
 
 from .backbone import Backbone, Joiner, build_backbone
 from .build import build_detector, build_postprocessors
-from .detr import DETR, MLP
+from .detr import DETR, MLP, Decoded, DecoderQueries, Encoded
 from .postprocess import PostProcess, PostProcessPanoptic, PostProcessSegm
 from .segmentation import DETRsegm
 from .transformer import Transformer
 
 __all__ = [
-    "DETR", "MLP", "Backbone", "DETRsegm", "Joiner", "PostProcess", "PostProcessPanoptic", "PostProcessSegm",
-    "Transformer", "build_backbone", "build_detector", "build_postprocessors",
+    "DETR", "MLP", "Backbone", "DETRsegm", "Decoded", "DecoderQueries", "Encoded", "Joiner", "PostProcess",
+    "PostProcessPanoptic", "PostProcessSegm", "Transformer", "build_backbone", "build_detector", "build_postprocessors",
 ]

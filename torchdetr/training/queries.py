@@ -27,7 +27,7 @@ dummy queries that get no loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -82,32 +82,44 @@ class AnchorQuery(nn.Module):
         return torch.logit(boxes, LOGIT_EPS)
 
 
-@dataclass(frozen=True)
-class QueryAdapter:
-    """How training-only queries are written for one model variant.
-
-    ``position_dim``: size D of a query position (``DecoderQueries.position`` [N, B, D]);
-    ``anchors``: positions are anchor boxes (AnchorDETR) rather than learned embeddings (DETR).
-    """
-
-    position_dim: int
-    anchors: bool
+class QueryAdapter(Protocol):
+    """How training-only queries are written for one model variant (positions ``DecoderQueries.position``)."""
 
     def group_embedding(self, num: int) -> nn.Embedding:
-        """``num`` extra learned query positions, initialised like the model's own."""
-        embedding = nn.Embedding(num, self.position_dim)
-        if self.anchors:
-            init_anchors(embedding)
+        """``num`` extra learned query positions [num, D], initialised like the model's own."""
+
+    def box_query(self) -> nn.Module:
+        """The module turning denoising boxes [..., 4] into query positions [..., D]."""
+
+
+class EmbeddingQueries:
+    """DETR: a query position is a learned embedding of ``hidden_dim``; boxes go through ``BoxSineQuery``."""
+
+    def __init__(self, hidden_dim: int) -> None:
+        self.hidden_dim = hidden_dim
+
+    def group_embedding(self, num: int) -> nn.Embedding:
+        return nn.Embedding(num, self.hidden_dim)
+
+    def box_query(self) -> nn.Module:
+        return BoxSineQuery(self.hidden_dim)
+
+
+class AnchorQueries:
+    """AnchorDETR: a query position is an anchor box (logits [4]); boxes are their own anchors."""
+
+    def group_embedding(self, num: int) -> nn.Embedding:
+        embedding = nn.Embedding(num, 4)
+        init_anchors(embedding)
         return embedding
 
-    def box_query(self, hidden_dim: int) -> nn.Module:
-        """The module turning denoising boxes [..., 4] into query positions [..., D]."""
-        return AnchorQuery() if self.anchors else BoxSineQuery(hidden_dim)
+    def box_query(self) -> nn.Module:
+        return AnchorQuery()
 
 
 def query_adapter(model: DETR) -> QueryAdapter:
-    """The adapter of ``model``'s variant (its query positions: ``query_embed`` [Q, D])."""
-    return QueryAdapter(position_dim=model.query_embed.embedding_dim, anchors=isinstance(model, AnchorDETR))
+    """The adapter of ``model``'s variant."""
+    return AnchorQueries() if isinstance(model, AnchorDETR) else EmbeddingQueries(model.transformer.d_model)
 
 
 # ------------------------------------------------------------------ the training-only queries
@@ -146,11 +158,7 @@ class TrainingQueries(nn.Module):
         self.group_query_embed = adapter.group_embedding((num_groups - 1) * self.num_queries) if num_groups > 1 else None
         self.dense_head = DenseHead(hidden_dim, self.num_classes) if dense_head else None
         self.label_embed = nn.Embedding(self.num_classes + 1, hidden_dim) if dn_groups > 0 else None
-        self.box_pos = adapter.box_query(hidden_dim) if dn_groups > 0 else None
-
-    @property
-    def active(self) -> bool:
-        return self.num_groups > 1 or self.dn_groups > 0 or self.dense_head is not None
+        self.box_pos = adapter.box_query() if dn_groups > 0 else None
 
     # ------------------------------------------------------------------ denoising inputs
     def noised_queries(self, targets: list[dict[str, Tensor]], device: torch.device) -> tuple[DecoderQueries, int, Tensor]:
