@@ -12,7 +12,8 @@ from PIL import Image
 
 from tests.conftest import DATA, require
 from torchdetr.data.check import HINTS, check_coco_folder, check_dataset
-from torchdetr.data.convert.images import ORIENTATION_TAG
+from torchdetr.data.io import ORIENTATION_TAG
+from torchdetr.errors import DataError, MissingFileError
 
 W, H = 40, 30
 
@@ -262,10 +263,13 @@ def test_folder_in_both_layouts_and_split_overlap(tmp_path):
 
 
 def test_not_a_dataset_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"instances_train\.json"):
+    with pytest.raises(DataError, match=r"instances_train\.json"):
         check_coco_folder(tmp_path)
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(MissingFileError, match="missing"):
         check_coco_folder(tmp_path / "missing")
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(DataError, match="not a folder"):
+        check_coco_folder(tmp_path / "file.json")
 
 
 def test_bccd_passes(tmp_path):

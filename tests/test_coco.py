@@ -23,6 +23,7 @@ from torchdetr.data.coco import (
     resolve_coco_layout,
 )
 from torchdetr.data.transforms import make_transforms
+from torchdetr.errors import DataError
 from torchdetr.structures import NestedTensor, collate_fn
 
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 7, "name": "dog"}]
@@ -168,8 +169,10 @@ def test_grayscale_and_rgba_become_rgb(generic_root):
     assert (pixels[..., 0] == pixels[..., 2]).all()
     rgba, target = _item(dataset, 3)
     assert rgba.mode == "RGB"
-    raw = np.asarray(PIL.Image.open(generic_root / "images/rgba.png"))
-    np.testing.assert_array_equal(np.asarray(rgba), raw[..., :3])
+    raw = np.asarray(PIL.Image.open(generic_root / "images/rgba.png")).astype(np.float64)
+    alpha = raw[..., 3:] / 255
+    over_white = raw[..., :3] * alpha + 255 * (1 - alpha)  # alpha compositing over the white background
+    np.testing.assert_allclose(np.asarray(rgba), over_white, atol=1)
     assert target["boxes"].tolist() == [[0, 0, 32, 32]]
 
 
@@ -225,7 +228,7 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
         ("[1, 2]", "JSON object"),
         (json.dumps({"annotations": [], "categories": []}), "'images'"),
         (json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
-                     "annotations": [], "categories": []}), "id 1 is used twice"),
+                     "annotations": [], "categories": []}), r"images\[1\]: duplicate id 1"),
         (json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": CATEGORIES,
                      "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}]}),
          "category_id 3"),
@@ -257,12 +260,13 @@ def test_masks_need_segmentations(tmp_path):
     PIL.Image.new("RGB", (10, 10)).save(tmp_path / "images/a.png")
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
-                               "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+                               "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5],
+                                                "iscrowd": 0}],
                                "categories": CATEGORIES}))
     _, target = CocoDetection(tmp_path / "images", ann)[0]
     assert target["area"].tolist() == [25.0]  # filled in from the box
-    with pytest.raises(ValueError, match="annotation 9 has no 'segmentation'"):
-        CocoDetection(tmp_path / "images", ann, return_masks=True)[0]
+    with pytest.raises(DataError, match=r"ann\.json: annotations\[0\] \(id 9\) has no 'segmentation'"):
+        CocoDetection(tmp_path / "images", ann, return_masks=True)  # refused when the file is loaded
 
 
 # ------------------------------------------------------------------ categories, ground truth, batches

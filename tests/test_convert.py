@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests.conftest import DATA, require
 from torchdetr.data.convert import convert_dataset, read_class_names
-from torchdetr.data.convert.images import ORIENTATION_TAG, read_image_header
+from torchdetr.data.io import ORIENTATION_TAG, read_image_header
+from torchdetr.errors import ConfigError, DataError, MissingFileError, OutputError
 from torchdetr.data.convert.split import hash_split
 
 # Ground truth used by the writers below: file name → (width, height, mode, [(class, x, y, w, h), ...]).
@@ -369,21 +370,29 @@ def test_yolo_without_class_names_says_how_to_fix(tmp_path):
 
 def test_output_folder_rules(tmp_path):
     src = write_voc(tmp_path / "voc", {"a.jpg": GT["a.jpg"]})
-    with pytest.raises(ValueError, match="inside the source"):
+    with pytest.raises(OutputError, match="inside the source"):
         convert_dataset("voc", src, src / "coco")
+    with pytest.raises(OutputError, match="contains the source"):
+        convert_dataset("voc", src, tmp_path)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(OutputError, match="not a folder"):
+        convert_dataset("voc", src, tmp_path / "full" / "x")
+    with pytest.raises(OutputError, match="not empty"):
         convert_dataset("voc", src, tmp_path / "full")
     (tmp_path / "full" / "annotations").mkdir()
     (tmp_path / "full" / "annotations" / "instances_test.json").write_text("{}")  # from an earlier run
     convert_dataset("voc", src, tmp_path / "full", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "full" / "annotations").iterdir()) == ["instances_train.json",
                                                                                      "instances_val.json"]
-    with pytest.raises(ValueError, match="no usable images"):
+    with pytest.raises(DataError, match="no usable images"):
         convert_dataset("voc", tmp_path / "full" / "annotations", tmp_path / "o2")
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(ConfigError, match="unknown format"):
         convert_dataset("kitti", src, tmp_path / "o3")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        convert_dataset("voc", src, tmp_path / "o4", val_fraction=1.0)
+    with pytest.raises(MissingFileError, match="nowhere"):
+        convert_dataset("voc", tmp_path / "nowhere", tmp_path / "o5")
 
 
 def test_class_name_files_are_validated(tmp_path):

@@ -54,8 +54,6 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 DEVICE_PATTERN = (r"auto|cpu|(cuda|mps|xpu)(:\d+)?", "a device (auto, cpu, cuda, cuda:N, mps)")
 DIST_URL_PATTERN = (r"[a-z][a-z0-9+.-]*://.*", "a URL (env://, tcp://HOST:PORT, file://PATH)")
-ORIGINAL_IMAGE_SIZE = 800  # the original's validation shorter side
-ORIGINAL_MAX_SIZE = 1333  # … and its longer-side cap
 
 
 def _option(
@@ -293,13 +291,6 @@ class DETRConfig(ModelConfig):
     def from_model_config(cls, model: ModelConfig, **options: Any) -> DETRConfig:
         """A run of the architecture ``model``, with ``options`` for the rest (defaults otherwise)."""
         return cls(**{name: getattr(model, name) for name in model_field_names()}, **options)
-
-    @property
-    def resolved_max_size(self) -> int:
-        """``max_size`` or the original 1333 scaled by ``image_size / 800``."""
-        if self.max_size is not None:
-            return self.max_size
-        return round(ORIGINAL_MAX_SIZE * self.image_size / ORIGINAL_IMAGE_SIZE)
 
     @property
     def resolved_backbone_norm(self) -> str:

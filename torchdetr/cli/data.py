@@ -6,10 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
+
 DEFAULT_VAL_FRACTION = 0.2
 
 
 def add_parser(subparsers) -> None:
+    from ..data.convert import FORMATS
+
     p = subparsers.add_parser("data", help="convert, check, summarise or synthesise a dataset",
                               description="Prepare a dataset for DETR: convert VOC/YOLO/LabelMe labels to COCO, "
                                           "check a COCO dataset, print statistics, or write a synthetic one.")
@@ -19,7 +23,7 @@ def add_parser(subparsers) -> None:
                        description="Convert a labelled folder into images/ + annotations/instances_{train,val}.json "
                                    "(+ conversion_report.json), then check the result.")
     c.add_argument("src", metavar="SRC", help="the source folder")
-    c.add_argument("--from", dest="source_format", required=True, choices=("voc", "yolo", "labelme"),
+    c.add_argument("--from", dest="source_format", required=True, choices=FORMATS,
                    help="format of SRC")
     c.add_argument("--out", required=True, help="output folder (new or empty)")
     c.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
@@ -59,12 +63,10 @@ def add_parser(subparsers) -> None:
 
 def _annotation_files(path: Path) -> dict[str, tuple[Path, Path | None]]:
     """``{split: (annotation file, image folder)}`` for a dataset folder or a single annotation file."""
-    from ..data.convert import find_splits, images_dir_for
+    from ..data.layout import find_splits, images_dir_for
 
     if path.is_file():
         return {path.stem.removeprefix("instances_"): (path, images_dir_for(path))}
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
     return {name: (files.ann_file, files.images_dir) for name, files in find_splits(path).items()}
 
 
@@ -95,9 +97,7 @@ def run_check(args: argparse.Namespace) -> int:
         reports = {path.stem.removeprefix("instances_"): check_dataset(path, images, check_images=not args.no_images)}
     else:
         if args.images:
-            raise ValueError("--images applies to a single annotation file, not to a dataset folder")
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise ConfigError("--images applies to a single annotation file, not to a dataset folder")
         reports = check_coco_folder(path, check_images=not args.no_images)
     for report in reports.values():
         print(report.format(max_per_kind=args.max_per_kind))
@@ -125,7 +125,7 @@ def run_synth(args: argparse.Namespace) -> int:
     for flag in ("num_train", "num_val", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "image_size" else 0):
-            raise ValueError(f"--{flag} must be {'positive' if flag == 'image_size' else '>= 0'}, got {value}")
+            raise ConfigError(f"--{flag} must be {'positive' if flag == 'image_size' else '>= 0'}, got {value}")
     extra = {"image_size": args.image_size} if args.image_size is not None else {}
     out = write_coco_folder(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, **extra)
     print(f"synthetic dataset written to {out} ({args.num_train} train, {args.num_val} val images)")

@@ -18,7 +18,6 @@ from . import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 PICTURE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # kept for rendered pictures; others become .png
 JPEG_QUALITY = 90
 PREDICTIONS_FILE = "predictions.json"
@@ -58,14 +57,16 @@ def add_parser(subparsers) -> None:
 
 
 def find_images(inputs: Iterable[str | Path]) -> list[ImageFile]:
-    """Files as given (any suffix) and image files under folders (recursively, sorted); missing → error."""
+    """Files as given (any suffix) and image files under folders (``torchdetr.data.io.find_image_files``); missing → error."""
+    from ..data.io import find_image_files, image_suffixes
+
     found: list[ImageFile] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = find_image_files(path)
             if not files:
-                log.warning("%s: no image files found (%s)", path, ", ".join(sorted(IMAGE_SUFFIXES)))
+                log.warning("%s: no image files found (%s)", path, image_suffixes())
             found.extend(ImageFile(p, p.relative_to(path).as_posix()) for p in files)
         elif path.is_file():
             found.append(ImageFile(path, path.name))

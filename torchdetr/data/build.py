@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from ..config import DETRConfig
-from .coco import CocoDetection, get_coco_api, resolve_coco_layout
+from ..errors import ConfigError
+from .coco import CocoDetection, get_coco_api
+from .layout import resolve_split
 from .synthetic import NATIVE_SIZE, SyntheticShapes, split_seed
-from .transforms import REFERENCE_SIZE, make_transforms
+from .transforms import REFERENCE_SIZE, make_transforms, validation_size
 
-__all__ = ["DATASET_FILES", "build_dataset", "get_coco_api", "synthetic_image_size"]
+__all__ = ["DATASET_FILES", "build_dataset", "config_validation_size", "get_coco_api", "synthetic_image_size"]
 
 DATASET_FILES: tuple[str, ...] = ("coco", "synthetic")
 
@@ -19,11 +21,20 @@ def synthetic_image_size(cfg: DETRConfig) -> int:
     return NATIVE_SIZE if cfg.image_size == REFERENCE_SIZE else cfg.image_size
 
 
+def config_validation_size(cfg: DETRConfig) -> tuple[int, int]:
+    """``(shorter side, longer-side cap)`` that ``cfg``'s validation transforms resize to (:func:`.transforms.validation_size`).
+
+    The synthetic dataset's size is :func:`synthetic_image_size`; others use ``cfg.image_size``.
+    """
+    image_size = synthetic_image_size(cfg) if cfg.dataset_file == "synthetic" else cfg.image_size
+    return validation_size(image_size, cfg.max_size)
+
+
 def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
     """The ``image_set`` ("train" or "val") split of ``cfg.dataset_file`` with the DETR transforms.
 
     - ``"coco"``: the folder ``cfg.coco_path`` in the COCO 2017 or the generic layout
-      (``resolve_coco_layout``), with masks when ``cfg.masks``.
+      (:func:`.layout.resolve_split`), with masks when ``cfg.masks``.
     - ``"synthetic"``: ``cfg.num_train`` / ``cfg.num_val`` ``SyntheticShapes`` images with seed
       ``split_seed(cfg.seed, image_set)``, so train and val differ. When ``cfg.image_size`` is the
       default 800 the images, and the transform recipe, use the synthetic native size of 128 px.
@@ -31,13 +42,13 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
     Transforms are ``make_transforms(image_set, image_size, cfg.max_size)``.
     """
     if image_set not in ("train", "val"):
-        raise ValueError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
+        raise ConfigError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
     if cfg.dataset_file == "coco":
         if not cfg.coco_path:
-            raise ValueError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
-        img_folder, ann_file = resolve_coco_layout(cfg.coco_path, image_set)
+            raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
+        files = resolve_split(cfg.coco_path, image_set)
         transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe)
-        return CocoDetection(img_folder, ann_file, transforms=transforms, return_masks=cfg.masks)
+        return CocoDetection(files.images_dir, files.ann_file, transforms=transforms, return_masks=cfg.masks)
     if cfg.dataset_file == "synthetic":
         image_size = synthetic_image_size(cfg)
         return SyntheticShapes(
@@ -47,6 +58,6 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
             transforms=make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe),
             return_masks=cfg.masks,
         )
-    raise ValueError(
+    raise ConfigError(
         f"--dataset_file {cfg.dataset_file!r} is not supported here; expected one of {', '.join(DATASET_FILES)}"
     )

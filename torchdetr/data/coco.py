@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from operator import index as as_index
@@ -24,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -32,30 +29,50 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CocoDetection as _TorchvisionCocoDetection
 from torchvision.datasets import VisionDataset
+from torchvision.ops import box_convert, clip_boxes_to_image
 
 from ..categories import category_names_from_coco
+from ..errors import DataError, MissingFileError
+from .io import load_rgb_image
+from .layout import resolve_coco_layout
+from .validate import read_coco_json, validate_coco
 
-EXIF_ORIENTATION_TAG = 0x0112  # 1 = upright; 2..8 = flipped and/or rotated
+__all__ = [
+    "CocoDetection", "category_names", "coco_annotations_to_target", "coco_from_dict", "get_coco_api",
+    "implied_num_classes", "load_coco_api", "resolve_coco_layout", "segmentation_to_mask",
+]
 
 
 # ----------------------------------------------------------------------------------------------
 # Annotation files
 # ----------------------------------------------------------------------------------------------
-def load_coco_api(ann_file: str | Path) -> COCO:
+def load_coco_api(ann_file: str | Path, *, masks: bool = False) -> COCO:
     """Read and check a COCO instances JSON file; return an indexed pycocotools ``COCO``.
 
-    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the file and the
-    entry when it is not valid JSON or not COCO detection annotations (see ``validate_coco_dict``).
+    The file is checked by the one validator (:func:`.validate.validate_coco`; with ``masks`` the
+    segmentations too); an annotation without ``area`` gets its box area (COCO evaluation needs one).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataError: not JSON, or the first fatal problem of the file, naming the file, the entry and the value.
     """
     path = Path(ann_file)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a valid JSON file ({err})") from None
-    validate_coco_dict(data, source=str(path))
-    return coco_from_dict(data)
+        raise MissingFileError(f"annotation file not found: {path}")
+    content, unreadable = read_coco_json(path)
+    if unreadable is not None:
+        raise DataError(unreadable.one_line())
+    validate_coco(content, str(path), masks=masks).raise_first_error()
+    fill_missing_areas(content)
+    return coco_from_dict(content)
+
+
+def fill_missing_areas(data: dict[str, Any]) -> None:
+    """Give every annotation without ``area`` the area of its ``bbox`` (w * h, negative sides as 0), in place."""
+    for ann in data["annotations"]:
+        if "area" not in ann:
+            width, height = ann["bbox"][2:]
+            ann["area"] = float(max(width, 0) * max(height, 0))
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
@@ -67,132 +84,9 @@ def coco_from_dict(data: dict[str, Any]) -> COCO:
     return coco
 
 
-def validate_coco_dict(data: Any, source: str = "annotations") -> None:
-    """Check the structure of COCO detection annotations; raise ``ValueError`` naming ``source`` and the entry.
-
-    Needs ``images`` (unique integer ``id``, ``file_name``), ``categories`` (unique integer ``id``) and
-    ``annotations`` (unique ``id``, an existing ``image_id`` and ``category_id``, ``bbox`` of four finite
-    numbers [x, y, w, h]). An annotation without ``area`` gets its box area (COCO evaluation needs one).
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object with 'images', 'annotations' and 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
-            raise ValueError(f"{source}: '{key}' must be a list ({found}); is this a COCO instances file?")
-
-    image_ids = _unique_int_ids(data["images"], "images", source)
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image.get("file_name"), str):
-            raise ValueError(f"{source}: images[{i}] (id {image['id']}) has no 'file_name'")
-    category_ids = _unique_int_ids(data["categories"], "categories", source)
-    _unique_int_ids(data["annotations"], "annotations", source)
-    for i, ann in enumerate(data["annotations"]):
-        where = f"{source}: annotations[{i}] (id {ann['id']})"
-        if ann.get("image_id") not in image_ids:
-            raise ValueError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get("category_id") not in category_ids:
-            raise ValueError(
-                f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' (ids {sorted(category_ids)})"
-            )
-        bbox = ann.get("bbox")
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
-        ):
-            raise ValueError(f"{where}: 'bbox' must be four finite numbers [x, y, width, height], got {bbox!r}")
-        if "area" not in ann:
-            ann["area"] = float(max(bbox[2], 0) * max(bbox[3], 0))
-
-
-def _unique_int_ids(entries: list[Any], key: str, source: str) -> set[int]:
-    ids: set[int] = set()
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{source}: {key}[{i}] must be an object, got {type(entry).__name__}")
-        entry_id = entry.get("id")
-        if not isinstance(entry_id, int) or isinstance(entry_id, bool):
-            raise ValueError(f"{source}: {key}[{i}] needs an integer 'id', got {entry_id!r}")
-        if entry_id in ids:
-            raise ValueError(f"{source}: {key}[{i}]: id {entry_id} is used twice")
-        ids.add(entry_id)
-    return ids
-
-
-# ----------------------------------------------------------------------------------------------
-# Folder layouts
-# ----------------------------------------------------------------------------------------------
-def resolve_coco_layout(root: str | Path, image_set: str) -> tuple[Path, Path]:
-    """``(image folder, annotation file)`` of ``image_set`` ("train", "val", …) in a dataset folder.
-
-    Two layouts are recognised, in this order:
-
-    - COCO 2017: ``{image_set}2017/`` and ``annotations/instances_{image_set}2017.json``;
-    - generic: ``annotations/instances_{image_set}.json`` with the images in ``images/{image_set}/``
-      when that folder exists, else in ``images/`` (``file_name`` is relative to that folder).
-
-    Raises ``FileNotFoundError`` listing what was looked for when neither is complete.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
-    annotations = root / "annotations"
-    coco2017 = (root / f"{image_set}2017", annotations / f"instances_{image_set}2017.json")
-    generic_ann = annotations / f"instances_{image_set}.json"
-    generic_images = root / "images" / image_set
-    if not generic_images.is_dir():
-        generic_images = root / "images"
-    for images, ann_file in (coco2017, (generic_images, generic_ann)):
-        if images.is_dir() and ann_file.is_file():
-            return images, ann_file
-    looked_for = [
-        f"COCO 2017 layout: {coco2017[0].name}/ and annotations/{coco2017[1].name}",
-        f"generic layout: images/ (or images/{image_set}/) and annotations/{generic_ann.name}",
-    ]
-    present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:20]
-    raise FileNotFoundError(
-        f"no '{image_set}' split found in {root}; looked for the " + "; the ".join(looked_for)
-        + f". The folder holds: {', '.join(present) or 'nothing'}"
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 # Images and targets
 # ----------------------------------------------------------------------------------------------
-def load_rgb_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> PIL.Image.Image:
-    """Open an image file as RGB, upright according to its EXIF orientation.
-
-    ``expected_size`` = (width, height) from the annotation file. Annotations must describe the
-    *upright* (EXIF-transposed) image, so the JSON width/height must match it; a file whose stored
-    (un-transposed) pixels match instead is returned as stored, since its annotations were then made on
-    those pixels. Raises ``FileNotFoundError``/``ValueError`` naming the file when it is missing,
-    unreadable, or matches the expected size in neither orientation.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        stored = PIL.Image.open(path)
-        stored.load()  # reads the pixels and closes the file
-        orientation = stored.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        upright = PIL.ImageOps.exif_transpose(stored) if orientation != 1 else stored
-    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err})") from None
-    if expected_size is None or upright.size == expected_size:
-        return _as_rgb(upright)
-    if stored.size == expected_size:
-        return _as_rgb(stored)
-    raise ValueError(
-        f"{path}: the image is {upright.width}x{upright.height} (width x height) but the annotation file says "
-        f"{expected_size[0]}x{expected_size[1]}"
-    )
-
-
-def _as_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to a uint8 [H, W] mask.
 
@@ -206,13 +100,13 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [height, width]:
-            raise ValueError(f"RLE segmentation of size {segmentation['size']} on an image of size {[height, width]}")
+            raise DataError(f"RLE segmentation of size {segmentation['size']} on an image of size {[height, width]}")
         if isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             rle = segmentation
     else:
-        raise ValueError(f"unknown segmentation format: {type(segmentation).__name__}")
+        raise DataError(f"unknown segmentation format: {type(segmentation).__name__}")
     with warnings.catch_warnings():  # pycocotools' decode trips a numpy 2 DeprecationWarning about __array__
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle)
@@ -234,10 +128,8 @@ def coco_annotations_to_target(
     uint8 [N, H, W]. Crowd annotations and boxes with no width or height after clipping are left out.
     """
     objects = [a for a in annotations if not a.get("iscrowd", 0)]
-    boxes = torch.tensor([a["bbox"] for a in objects], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    boxes[:, 0::2].clamp_(min=0, max=width)
-    boxes[:, 1::2].clamp_(min=0, max=height)
+    xywh = torch.tensor([a["bbox"] for a in objects], dtype=torch.float32).reshape(-1, 4)
+    boxes = clip_boxes_to_image(box_convert(xywh, "xywh", "xyxy"), (height, width))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     target: dict[str, Tensor] = {
         "boxes": boxes[keep],
@@ -253,13 +145,11 @@ def coco_annotations_to_target(
         masks = np.zeros((len(kept), height, width), dtype=np.uint8)
         for i, ann in enumerate(kept):
             if "segmentation" not in ann:
-                raise ValueError(
-                    f"{source}: annotation {ann.get('id')} has no 'segmentation'; masks need polygons or RLE"
-                )
+                raise DataError(f"{source}: annotation {ann.get('id')} has no 'segmentation'; masks need polygons or RLE")
             try:
                 masks[i] = segmentation_to_mask(ann["segmentation"], height, width)
             except ValueError as err:
-                raise ValueError(f"{source}: annotation {ann.get('id')}: {err}") from None
+                raise DataError(f"{source}: annotation {ann.get('id')}: {err}") from None
         target["masks"] = torch.from_numpy(masks)
     return target
 
@@ -274,9 +164,11 @@ class CocoDetection(_TorchvisionCocoDetection):
     JSON. Without ``transforms`` the image is an RGB PIL image and the target is in pixels (see
     ``coco_annotations_to_target``); ``transforms`` is called as ``transforms(image, target)``.
 
-    Images are converted to RGB (grayscale, palette, RGBA…) and turned upright according to their EXIF
-    orientation, so the JSON ``width``/``height`` must be those of the upright image (see
-    ``load_rgb_image``). ``.coco`` is the pycocotools ground truth (crowd boxes included) for evaluation.
+    Images are read by the one loader, :func:`.io.load_rgb_image`: 8-bit RGB (grayscale, palette, alpha,
+    16-bit… by its rules) and upright according to their EXIF orientation, so the JSON ``width``/``height``
+    must be those of the upright image. The annotation file is checked on construction
+    (:func:`load_coco_api`, segmentations too with ``return_masks``). ``.coco`` is the pycocotools ground
+    truth (crowd boxes included) for evaluation.
     """
 
     def __init__(
@@ -291,20 +183,19 @@ class CocoDetection(_TorchvisionCocoDetection):
         self.img_folder = Path(img_folder)
         self.ann_file = Path(ann_file)
         if not self.img_folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.img_folder}")
-        self.coco = load_coco_api(self.ann_file)
+            raise MissingFileError(f"image folder not found: {self.img_folder}")
+        self.coco = load_coco_api(self.ann_file, masks=return_masks)
         self.ids = sorted(self.coco.imgs)
         self.return_masks = return_masks
 
     def _load_image(self, id: int) -> PIL.Image.Image:
         info = self.coco.imgs[id]
-        expected = (info["width"], info["height"]) if "width" in info and "height" in info else None
         try:
-            return load_rgb_image(self.img_folder / info["file_name"], expected)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err} (image id {id} of {self.ann_file})") from None
-        except ValueError as err:
-            raise ValueError(f"{err} (image id {id} of {self.ann_file})") from None
+            return load_rgb_image(self.img_folder / info["file_name"], _declared_size(info))
+        except MissingFileError as err:
+            raise MissingFileError(f"{err} (image id {id} of {self.ann_file})") from None
+        except DataError as err:
+            raise DataError(f"{err} (image id {id} of {self.ann_file})") from None
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image_id = self.ids[as_index(index)]
@@ -316,6 +207,14 @@ class CocoDetection(_TorchvisionCocoDetection):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _declared_size(image: dict[str, Any]) -> tuple[float, float] | None:
+    """``(width, height)`` of an image record when both are positive numbers (the validator reports the rest)."""
+    size = (image.get("width"), image.get("height"))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in size):
+        return size  # type: ignore[return-value]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,5 +243,5 @@ def implied_num_classes(coco: COCO | Dataset) -> int:
     ids = [int(c["id"]) for c in coco.dataset.get("categories", [])]
     ids += [int(a["category_id"]) for a in coco.dataset.get("annotations", [])]
     if not ids:
-        raise ValueError("the annotations define no categories: cannot infer the number of classes")
+        raise DataError("the annotations define no categories: cannot infer the number of classes")
     return max(ids) + 1

@@ -9,11 +9,14 @@ file has no ``area``): small < 32², medium < 96², large otherwise — the same
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..categories import category_names_from_coco
+from ..errors import DataError, MissingFileError
+from .validate import read_coco_json, validate_coco
 
 SMALL_AREA = 32**2  # COCO's area thresholds (pixels²)
 MEDIUM_AREA = 96**2
@@ -61,36 +64,34 @@ def compute_stats(ann_file: Path | str, name: str | None = None) -> DatasetStats
     """Count the images, boxes, classes and sizes of a COCO annotation file.
 
     Raises:
-        FileNotFoundError, ValueError: the file is missing or not a COCO detection file (run
-        ``detr data check`` for a full diagnosis).
+        MissingFileError: the file does not exist.
+        DataError: the file is not JSON or has a fatal problem (:mod:`.validate`; run ``detr data check``
+            for a full diagnosis).
     """
     ann_file = Path(ann_file)
-    try:
-        content = json.loads(ann_file.read_text(encoding="utf-8"))
-        images, annotations, categories = content["images"], content["annotations"], content["categories"]
-        cat_names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
-        image_ids = [im["id"] for im in images]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{ann_file}: annotation file not found") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{ann_file}: not a readable COCO detection file ({type(err).__name__}: {err}); "
-                         f"run `detr data check {ann_file}`") from None
+    if not ann_file.is_file():
+        raise MissingFileError(f"{ann_file}: annotation file not found")
+    content, unreadable = read_coco_json(ann_file)
+    problem = unreadable or validate_coco(content, str(ann_file)).first_error()
+    if problem is not None:
+        raise DataError(f"{problem.one_line()}; run `detr data check {ann_file}`")
+    images, annotations = content["images"], content["annotations"]
+    cat_names = category_names_from_coco(content["categories"])
     stats = DatasetStats(name or ann_file.stem.removeprefix("instances_"), num_images=len(images))
     stats.boxes_per_class = {cat_names[c]: 0 for c in sorted(cat_names)}
     per_image: Counter = Counter()
     for ann in annotations:
-        bbox = ann.get("bbox") if isinstance(ann, dict) else None
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            continue
+        bbox = ann["bbox"]
         stats.num_boxes += 1
-        per_image[ann.get("image_id")] += 1
-        label = cat_names.get(ann.get("category_id"), f"unknown id {ann.get('category_id')}")
+        per_image[ann["image_id"]] += 1
+        label = cat_names[ann["category_id"]]
         stats.boxes_per_class[label] = stats.boxes_per_class.get(label, 0) + 1
         area = ann.get("area", bbox[2] * bbox[3])
         stats.size_buckets[size_bucket(float(area))] += 1
         stats.box_sizes.append((float(bbox[2]), float(bbox[3])))
-    stats.boxes_per_image = [per_image.get(iid, 0) for iid in image_ids]
-    stats.image_sizes = Counter((im.get("width"), im.get("height")) for im in images)
+    stats.boxes_per_image = [per_image.get(im["id"], 0) for im in images]
+    stats.image_sizes = Counter(tuple(v if isinstance(v, (int, float)) else None for v in (im.get("width"), im.get("height")))
+                                for im in images)  # a malformed size (an error of the check) counts as None
     return stats
 
 

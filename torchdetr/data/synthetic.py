@@ -36,6 +36,7 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .coco import coco_annotations_to_target, coco_from_dict
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
@@ -60,9 +61,9 @@ _LAYOUT_STREAM, _PAINT_STREAM = 0, 1
 def split_seed(seed: int, image_set: str) -> int:
     """The dataset seed of one split, derived from a run seed so that train and val never coincide."""
     if image_set not in _SPLIT_CODES:
-        raise ValueError(f"unknown image set {image_set!r}: expected one of {', '.join(_SPLIT_CODES)}")
+        raise ConfigError(f"unknown image set {image_set!r}: expected one of {', '.join(_SPLIT_CODES)}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     return int(np.random.SeedSequence([seed, _SPLIT_CODES[image_set]]).generate_state(1)[0])
 
 
@@ -238,11 +239,11 @@ class SyntheticShapes(Dataset):
         return_masks: bool = False,
     ) -> None:
         if num_images < 0:
-            raise ValueError(f"num_images must be >= 0, got {num_images}")
+            raise ConfigError(f"num_images must be >= 0, got {num_images}")
         if image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"synthetic image_size must be >= {MIN_IMAGE_SIZE} px, got {image_size}")
+            raise ConfigError(f"synthetic image_size must be >= {MIN_IMAGE_SIZE} px, got {image_size}")
         if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise ConfigError(f"seed must be >= 0, got {seed}")
         self.num_images = num_images
         self.seed = seed
         self.image_size = image_size

@@ -23,15 +23,19 @@ import PIL.Image
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
+from torchvision.ops import box_area
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from ..errors import ConfigError
+from .io import to_rgb
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # The original recipe, written for a validation size of 800 px; make_transforms scales them.
-REFERENCE_SIZE = 800
-REFERENCE_MAX_SIZE = 1333
+REFERENCE_SIZE = 800  # the original validation resize: shorter side 800 px ...
+REFERENCE_MAX_SIZE = 1333  # ... longer side at most 1333 px
 TRAIN_SCALES: tuple[int, ...] = tuple(range(480, 801, 32))  # 480, 512, …, 800
 CROP_PRE_RESIZE: tuple[int, ...] = (400, 500, 600)
 CROP_MIN_SIZE = 384
@@ -67,6 +71,25 @@ def resize_shape(height: int, width: int, size: int, max_size: int | None) -> tu
     if width < height:
         return int(size * height / width), size
     return size, int(size * width / height)
+
+
+def validation_size(image_size: int = REFERENCE_SIZE, max_size: int | None = None) -> tuple[int, int]:
+    """``(shorter side, longer-side cap)`` of the validation resize: the one size rule of torchdetr.
+
+    Training, evaluation and prediction resize to a shorter side of ``image_size`` with the longer side
+    capped at ``max_size``, which defaults to the original 1333 scaled by ``image_size / 800``
+    (``validation_size(800) == (800, 1333)``, ``validation_size(400) == (400, 666)``).
+
+    Raises:
+        ConfigError: a size that is not positive.
+    """
+    if image_size <= 0:
+        raise ConfigError(f"image_size must be positive, got {image_size}")
+    if max_size is not None and max_size <= 0:
+        raise ConfigError(f"max_size must be positive, got {max_size}")
+    if max_size is None:
+        max_size = round(REFERENCE_MAX_SIZE * image_size / REFERENCE_SIZE)
+    return image_size, max_size
 
 
 def denormalize(image: Tensor) -> Tensor:
@@ -119,7 +142,7 @@ def crop(image: Image, target: Target | None, region: tuple[int, int, int, int])
             target[key] = F.crop(target[key], top, left, height, width)
     if "boxes" in target:
         boxes = target["boxes"].as_subclass(Tensor)
-        target["area"] = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        target["area"] = box_area(boxes)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     elif "masks" in target:
         keep = target["masks"].as_subclass(Tensor).flatten(1).any(1)
@@ -218,7 +241,7 @@ class DetectionTransforms:
 
 def _check_image(image: Any) -> Image:
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected an RGB image tensor of shape [3, H, W], got {tuple(image.shape)}")
@@ -294,17 +317,14 @@ def make_transforms(
     centred on the validation size (the scaled original recipe trains mostly below it) and no crop
     (objects are never cut). Validation is the same for both recipes.
 
-    ``max_size`` defaults to ``round(1333 * image_size / 800)``. The returned callable maps
+    ``max_size`` defaults to ``round(1333 * image_size / 800)`` (:func:`validation_size`). The returned callable maps
     ``(image, target | None)`` to ``(image [3, H, W] float32 ImageNet-normalised, target | None)``;
     see ``DetectionTransforms`` for the output target.
     """
-    if image_size <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+    image_size, max_size = validation_size(image_size, max_size)
     factor = image_size / REFERENCE_SIZE
-    if max_size is None:
-        max_size = round(REFERENCE_MAX_SIZE * factor)
     if recipe not in ("original", "small"):
-        raise ValueError(f"--train_recipe: unknown recipe {recipe!r} (original or small)")
+        raise ConfigError(f"--train_recipe: unknown recipe {recipe!r} (original or small)")
     if image_set == "train" and recipe == "small":
         scales = sorted({max(1, round(image_size * f)) for f in SMALL_RECIPE_SCALES})
         geometric = v2.Compose([v2.RandomHorizontalFlip(), RandomResize(scales, max_size=max_size)])
@@ -325,5 +345,5 @@ def make_transforms(
     elif image_set in ("val", "test"):
         geometric = RandomResize([image_size], max_size=max_size)
     else:
-        raise ValueError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
+        raise ConfigError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
     return DetectionTransforms(geometric)

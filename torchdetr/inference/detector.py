@@ -26,6 +26,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..config import DETRConfig
+from ..data.build import config_validation_size
+from ..data.io import load_rgb_image, to_upright_rgb
+from ..data.transforms import validation_size
 from ..engine.runtime import resolve_device
 from ..models.postprocess import PostProcess
 from ..structures import NestedTensor, nested_tensor_from_tensor_list
@@ -41,7 +44,6 @@ ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 Arrays and tensors are uint8 in 0..255 or float in [0, 1]."""
 
 DEFAULT_THRESHOLD = 0.7  # the original notebook's
-ORIGINAL_SIZE, ORIGINAL_MAX_SIZE = 800, 1333  # the original validation resize (shorter side, longer-side cap)
 DEFAULT_BATCH_SIZE = 4
 ModelRunner = Callable[[NestedTensor], Mapping[str, Tensor]]
 
@@ -89,20 +91,15 @@ def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
 def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
     """Any accepted input → RGB PIL image; every input type goes through the same uint8 pixels.
 
-    Tensors are channels-first [3, H, W] (or [H, W]); numpy arrays are channels-last [H, W, 3]
-    (or [H, W]). EXIF orientation is not applied (as in COCO and the original).
+    Paths and PIL images go through the data layer's one image loader (``torchdetr.data.io``), as in
+    training: turned upright by their EXIF orientation, and converted to 8-bit RGB by its mode rules
+    (alpha over white, 16-bit rescaled, ...). Tensors are channels-first [3, H, W] (or [H, W]); numpy
+    arrays are channels-last [H, W, 3] (or [H, W]).
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{path}: not a readable image ({err})") from None
+        return load_rgb_image(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_upright_rgb(image, what)
     if isinstance(image, Tensor):
         tensor = image.detach().cpu()
         if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
@@ -113,21 +110,6 @@ def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
     if isinstance(image, np.ndarray):
         return Image.fromarray(_uint8_hwc(image, what))
     raise TypeError(f"{what}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
-
-
-def default_max_size(image_size: int) -> int:
-    """Longer-side cap for a shorter side of ``image_size``: the original 1333 scaled by ``image_size / 800``."""
-    return round(ORIGINAL_MAX_SIZE * image_size / ORIGINAL_SIZE)
-
-
-def _validation_size(cfg: DETRConfig) -> tuple[int, int | None]:
-    """(shorter side, longer-side cap) of the validation resize the model was trained with."""
-    if cfg.dataset_file == "synthetic":
-        from ..data.build import synthetic_image_size
-
-        size = synthetic_image_size(cfg)
-        return size, cfg.max_size if cfg.max_size is not None else default_max_size(size)
-    return cfg.image_size, cfg.resolved_max_size
 
 
 class Detector:
@@ -157,8 +139,7 @@ class Detector:
         self.model = model
         self.category_names = dict(category_names or {})
         self.threshold = threshold
-        self.image_size = image_size
-        self.max_size = max_size if max_size is not None else default_max_size(image_size)
+        self.image_size, self.max_size = validation_size(image_size, max_size)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self._transform: Callable | None = None
@@ -184,7 +165,7 @@ class Detector:
 
         resolved = resolve_device(device)
         loaded = load_model(name_or_path, device=resolved)  # download failures: ConnectionError with advice
-        trained_size, trained_max_size = _validation_size(loaded.config)
+        trained_size, trained_max_size = config_validation_size(loaded.config)
         return cls(
             loaded.model,
             loaded.category_names,
@@ -225,7 +206,7 @@ class Detector:
             config = {}
         known = {k: v for k, v in config.items() if k in DETRConfig.__dataclass_fields__}
         try:
-            stored_size, stored_max = _validation_size(DETRConfig(**known))
+            stored_size, stored_max = config_validation_size(DETRConfig(**known))
         except (TypeError, ValueError):
             stored_size, stored_max = DETRConfig().image_size, None
         return cls(

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ...errors import ConfigError, DataError, MissingFileError, OutputError
+from ..io import IMAGE_EXTENSIONS, image_suffixes
+from ..layout import ANN_PREFIX, ANNOTATIONS_DIR, SplitFiles, find_splits, generic_split_files, images_dir_for
 from .classes import read_class_names, validate_class_names
-from .images import IMAGE_EXTENSIONS
 from .labelme import read_labelme
-from .layout import ANN_PREFIX, ANNOTATIONS_DIR, SplitFiles, find_splits, generic_split_files, images_dir_for
 from .records import SourceDataset
+from .split import check_val_fraction
 from .voc import read_voc
 from .writer import REPORT_FILE, ConversionReport, write_coco_dataset
 from .yolo import read_yolo
@@ -24,6 +26,7 @@ FORMATS: tuple[str, ...] = ("voc", "yolo", "labelme")
 
 __all__ = [
     "FORMATS",
+    "IMAGE_EXTENSIONS",
     "ConversionReport",
     "SplitFiles",
     "convert_dataset",
@@ -41,18 +44,18 @@ def _reader(fmt: str, classes: list[str] | None) -> Callable[[Path], SourceDatas
         return lambda src: read_yolo(src, classes)
     if fmt == "labelme":
         return read_labelme
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _check_out_dir(src: Path, out: Path, overwrite: bool) -> None:
     if out == src or out.is_relative_to(src):
-        raise ValueError(f"--out {out} is inside the source folder {src}; choose a folder outside it")
+        raise OutputError(f"--out {out} is inside the source folder {src}; choose a folder outside it")
     if src.is_relative_to(out):
-        raise ValueError(f"--out {out} contains the source folder {src}; choose another folder")
+        raise OutputError(f"--out {out} contains the source folder {src}; choose another folder")
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise OutputError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+        raise OutputError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
 
 
 def convert_dataset(
@@ -82,15 +85,17 @@ def convert_dataset(
             the same names overwritten.
 
     Raises:
-        FileNotFoundError, NotADirectoryError, ValueError: bad arguments or a source with no images,
-        with the path or value at fault in the message.
+        MissingFileError: ``src`` (or the class-name file) does not exist.
+        ConfigError: an unknown format or a ``val_fraction`` outside ``[0, 1)``.
+        OutputError: ``out`` is inside ``src`` (or contains it), is a file, or is not empty without ``overwrite``.
+        DataError: a malformed class-name file, or a source with no usable images;
+        each with the path or value at fault in the message.
     """
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     if not src.is_dir():
-        raise NotADirectoryError(f"{src}: source folder not found")
+        raise MissingFileError(f"{src}: source folder not found")
     _check_out_dir(src, out, overwrite)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if isinstance(classes, (str, Path)):
         class_names: list[str] | None = read_class_names(Path(classes))
     else:
@@ -98,8 +103,8 @@ def convert_dataset(
     source = _reader(fmt, class_names)(src)
     if not source.images:
         dropped = f" ({len(source.problems)} problems, e.g. {source.problems[0].detail})" if source.problems else ""
-        raise ValueError(f"{src}: no usable images found for format {fmt!r}{dropped}; "
-                         f"recognised image files end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        raise DataError(f"{src}: no usable images found for format {fmt!r}{dropped}; "
+                        f"recognised image files end in {image_suffixes()}")
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob(f"{ANNOTATIONS_DIR}/{ANN_PREFIX}*.json"), out / REPORT_FILE]:  # from an earlier run
         stale.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ import json
 import math
 from pathlib import Path, PurePosixPath
 
-from .images import ImageHeader, UnreadableImageError, find_images, label_frame_is_upright, read_image_header
+from ..io import ImageHeader, UnreadableImageError, find_image_files, read_image_header
+from .images import label_frame_is_upright
 from .records import (
     BAD_BOX,
     LABEL_WITHOUT_IMAGE,
@@ -147,7 +148,7 @@ def read_labelme(src: Path) -> SourceDataset:
                 image.boxes.append(box)
         images.append(image)
 
-    for path in find_images(src):
+    for path in find_image_files(src):
         if path.resolve() not in claimed:
             relative = path.relative_to(src)
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import ImageHeader
+from ..io import ImageHeader
 
 # Problem kinds. Each is either a reason something was dropped, or a note on something kept.
 UNKNOWN_CLASS = "unknown_class"  # dropped: label not in the class list

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ...errors import ConfigError
+
 HASH_BYTES = 8  # 64 bits of SHA-1: a uniform number in [0, 1) with negligible bias
 
 
@@ -17,14 +19,19 @@ def hash_fraction(name: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2 ** (8 * HASH_BYTES)
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """Raise :class:`~torchdetr.errors.ConfigError` unless ``val_fraction`` is in ``[0, 1)``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def hash_split(name: str, seed: int, val_fraction: float) -> str:
     """``"val"`` for about ``val_fraction`` of all names, else ``"train"``; the same answer every time.
 
     Raises:
-        ValueError: ``val_fraction`` is outside ``[0, 1)``.
+        ConfigError: ``val_fraction`` is outside ``[0, 1)``.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     return "val" if hash_fraction(name, seed) < val_fraction else "train"
 
 

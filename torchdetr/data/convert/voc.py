@@ -23,7 +23,8 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .images import UnreadableImageError, find_images, label_frame_is_upright, read_image_header
+from ..io import UnreadableImageError, find_image_files, read_image_header
+from .images import label_frame_is_upright
 from .records import (
     BAD_BOX,
     DEGENERATE_BOX,
@@ -95,7 +96,7 @@ def read_voc(src: Path) -> SourceDataset:
     img_dir = src / IMAGES_DIR if (src / IMAGES_DIR).is_dir() else src
     split_of = _read_split_lists(src)
     problems: list[ConversionProblem] = []
-    image_paths = find_images(img_dir)
+    image_paths = find_image_files(img_dir)
     by_stem = {}
     for path in image_paths:
         by_stem.setdefault((path.relative_to(img_dir).parent, path.stem), path)

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..layout import IMAGES_DIR, generic_split_files
 from .images import write_image
-from .layout import generic_split_files
 from .records import (
     BAD_BOX,
     BOX_DROP_KINDS,
@@ -39,7 +39,7 @@ from .records import (
     LabeledImage,
     SourceDataset,
 )
-from .split import assign_splits, hash_split
+from .split import assign_splits, check_val_fraction, hash_split
 
 REPORT_FILE = "conversion_report.json"
 BASE_SPLITS = ("train", "val")  # always written, even when empty
@@ -210,77 +210,95 @@ def write_coco_dataset(
     a lone ``train`` folder is not a split. Other images are split by :func:`.split.hash_split` of their
     ``file_name`` (through :func:`.split.assign_splits`, which leaves neither split empty when it can).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     categories = resolve_categories(class_names, source)
     cat_ids = {name: i for i, name in enumerate(categories, start=1)}
-    problems = list(source.problems)
+    problems = [*source.problems, *_similar_class_names(categories)]
+    images = sorted(source.images, key=lambda im: im.file_name)
+    split_of, split_rule = _plan_splits(images, source.split_rule, seed, val_fraction)
+    counters: Counter = Counter()
+    annotator = _Annotator(cat_ids, problems, src)
+    coco: dict[str, dict[str, list]] = {}
+    for image_id, image in enumerate(images, start=1):
+        how = _place_image(image, out_dir, copy, problems)
+        counters[how] += 1
+        split = coco.setdefault(split_of[image.file_name], {"images": [], "annotations": []})
+        width, height = image.size
+        split["images"].append({"id": image_id, "file_name": image.file_name, "width": width, "height": height})
+        split["annotations"].extend(annotator.annotations(image, image_id))
+    info = {"description": f"converted from {fmt} by torchdetr (detr data convert)", "source": str(src)}
+    splits_summary = {name: _write_split(out_dir, name, data, cat_ids, info)
+                      for name, data in _all_splits(coco).items()}
+    counters["boxes_read"] = sum(len(im.boxes) for im in source.images) + sum(
+        1 for p in source.problems if p.kind in BOX_DROP_KINDS)  # boxes of readable label files with images
+    counters["boxes_written"] = annotator.next_id - 1
+    report = ConversionReport(fmt, str(src), str(out_dir), split_rule, categories, splits_summary, counters, problems)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
+    return report
+
+
+def _similar_class_names(categories: Sequence[str]) -> list[ConversionProblem]:
+    """A note for each group of class names that differ only in case or spaces ("RBC", "rbc ")."""
     by_key: dict[str, list[str]] = {}
     for name in categories:
         by_key.setdefault(" ".join(name.casefold().split()), []).append(name)
-    problems += [ConversionProblem(SIMILAR_CLASS_NAMES, "(classes)", f"{names}: separate classes; meant to be one?")
-                 for names in by_key.values() if len(names) > 1]
-    counters: Counter = Counter()
-    annotator = _Annotator(cat_ids, problems, src)
-    images = sorted(source.images, key=lambda im: im.file_name)
+    return [ConversionProblem(SIMILAR_CLASS_NAMES, "(classes)", f"{names}: separate classes; meant to be one?")
+            for names in by_key.values() if len(names) > 1]
+
+
+def _plan_splits(images: list[LabeledImage], source_rule: str | None, seed: int,
+                 val_fraction: float) -> tuple[dict[str, str], str]:
+    """``({file_name: split}, how the split was decided)``: the source's own split, else the hash split."""
     has_val = any(im.split == "val" for im in images)
     # a source that names a train split but no val split (a lone train/ folder) is split by hash instead
     given = {im.file_name: im.split for im in images if im.split is not None and (has_val or im.split != "train")}
     unassigned = [im.file_name for im in images if im.file_name not in given]
     hash_rule = f"hash of the file name (seed {seed}, val_fraction {val_fraction})"
-    split_rule = source.split_rule if given and source.split_rule else hash_rule
+    rule = source_rule if given and source_rule else hash_rule
     if given and unassigned:
-        split_rule += f"; the other {len(unassigned)} images by {hash_rule}"
+        rule += f"; the other {len(unassigned)} images by {hash_rule}"
     hashed = {name: hash_split(name, seed, val_fraction) for name in unassigned} if has_val else \
         assign_splits(unassigned, seed, val_fraction)
+    return given | hashed, rule
 
-    coco: dict[str, dict] = {}
-    for image_id, image in enumerate(images, start=1):
-        split = given.get(image.file_name) or hashed[image.file_name]
-        if split not in coco:
-            coco[split] = {"images": [], "annotations": []}
-        dst = out_dir / "images" / image.file_name
-        if image.data is not None:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(image.data)
-            counters["images_extracted"] += 1
-        else:
-            how = write_image(image.source, dst, header=image.header, upright=image.upright, copy=copy)
-            counters[{"link": "images_linked", "copy": "images_copied", "reencode": "images_reencoded"}[how]] += 1
-            if how == "reencode":
-                frame = "upright (EXIF applied)" if image.upright else "as stored (tag dropped)"
-                problems.append(ConversionProblem(
-                    EXIF_REENCODED, image.file_name, f"EXIF orientation {image.header.orientation}: pixels written {frame}"))
-        width, height = image.size
-        coco[split]["images"].append({"id": image_id, "file_name": image.file_name, "width": width, "height": height})
-        anns = annotator.annotations(image, image_id)
-        coco[split]["annotations"].extend(anns)
-        if image.label_file is None and image.data is None:
-            problems.append(ConversionProblem(
-                IMAGE_WITHOUT_LABELS, image.file_name, "no label file: kept as an image without objects"))
 
-    info = {"description": f"converted from {fmt} by torchdetr (detr data convert)", "source": str(src)}
-    category_list = [{"id": i, "name": n, "supercategory": "none"} for n, i in cat_ids.items()]
-    splits_summary: dict[str, dict] = {}
-    for split in [*BASE_SPLITS, *sorted(set(coco) - set(BASE_SPLITS))]:
-        data = coco.get(split, {"images": [], "annotations": []})
-        files = generic_split_files(out_dir, split)
-        files.ann_file.parent.mkdir(parents=True, exist_ok=True)
-        content = {"info": info, "licenses": [], "images": data["images"], "annotations": data["annotations"],
-                   "categories": category_list}
-        files.ann_file.write_text(json.dumps(content))
-        per_class = Counter(a["category_id"] for a in data["annotations"])
-        with_boxes = {a["image_id"] for a in data["annotations"]}
-        splits_summary[split] = {
-            "images": len(data["images"]),
-            "boxes": len(data["annotations"]),
-            "empty_images": sum(1 for im in data["images"] if im["id"] not in with_boxes),
-            "boxes_per_class": {n: per_class.get(i, 0) for n, i in cat_ids.items()},
-        }
-    counters["boxes_read"] = sum(len(im.boxes) for im in source.images) + sum(
-        1 for p in source.problems if p.kind in BOX_DROP_KINDS)  # boxes of readable label files with images
-    counters["boxes_written"] = annotator.next_id - 1
+def _place_image(image: LabeledImage, out_dir: Path, copy: bool, problems: list[ConversionProblem]) -> str:
+    """Write the picture to ``out_dir/images/<file_name>``; return the counter it adds to (``images_linked``, ...)."""
+    dst = out_dir / IMAGES_DIR / image.file_name
+    if image.data is not None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(image.data)
+        return "images_extracted"
+    how = write_image(image.source, dst, header=image.header, upright=image.upright, copy=copy)
+    if how == "reencode":
+        frame = "upright (EXIF applied)" if image.upright else "as stored (tag dropped)"
+        problems.append(ConversionProblem(
+            EXIF_REENCODED, image.file_name, f"EXIF orientation {image.header.orientation}: pixels written {frame}"))
+    if image.label_file is None:
+        problems.append(ConversionProblem(
+            IMAGE_WITHOUT_LABELS, image.file_name, "no label file: kept as an image without objects"))
+    return {"link": "images_linked", "copy": "images_copied", "reencode": "images_reencoded"}[how]
 
-    report = ConversionReport(fmt, str(src), str(out_dir), split_rule, categories, splits_summary, counters, problems)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
-    return report
+
+def _all_splits(coco: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+    """The splits to write: train and val always (maybe empty), then the others the source defines."""
+    names = [*BASE_SPLITS, *sorted(set(coco) - set(BASE_SPLITS))]
+    return {name: coco.get(name, {"images": [], "annotations": []}) for name in names}
+
+
+def _write_split(out_dir: Path, split: str, data: dict[str, list], cat_ids: dict[str, int], info: dict) -> dict:
+    """Write ``annotations/instances_<split>.json``; return the split's summary (counts per class, empty images)."""
+    files = generic_split_files(out_dir, split)
+    files.ann_file.parent.mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in cat_ids.items()]
+    content = {"info": info, "licenses": [], "images": data["images"], "annotations": data["annotations"],
+               "categories": categories}
+    files.ann_file.write_text(json.dumps(content))
+    per_class = Counter(a["category_id"] for a in data["annotations"])
+    with_boxes = {a["image_id"] for a in data["annotations"]}
+    return {
+        "images": len(data["images"]),
+        "boxes": len(data["annotations"]),
+        "empty_images": sum(1 for im in data["images"] if im["id"] not in with_boxes),
+        "boxes_per_class": {n: per_class.get(i, 0) for n, i in cat_ids.items()},
+    }

@@ -25,8 +25,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...errors import MissingFileError
+from ..io import UnreadableImageError, find_image_files, read_image_header
 from .classes import read_class_names
-from .images import UnreadableImageError, find_images, read_image_header
 from .records import (
     BAD_BOX,
     LABEL_WITHOUT_IMAGE,
@@ -51,12 +52,12 @@ def find_class_file(src: Path) -> Path:
     """The class-name file of a YOLO folder (the first of :data:`CLASS_FILES` in ``src``).
 
     Raises:
-        FileNotFoundError: none exists; the message says how to give the names.
+        MissingFileError: none exists; the message says how to give the names.
     """
     for name in CLASS_FILES:
         if (src / name).is_file():
             return src / name
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{src}: no class names for the YOLO labels: put them in {src / 'classes.txt'} (one a line, line i = class i), "
         f"or in data.yaml 'names', or pass --classes FILE"
     )
@@ -119,7 +120,7 @@ def read_yolo(src: Path, class_names: Sequence[str] | None = None) -> SourceData
     """Read every image and YOLO label file under ``src`` (see the module docstring).
 
     Raises:
-        FileNotFoundError: no class names were given and none is found in ``src``.
+        MissingFileError: no class names were given and none is found in ``src``.
     """
     class_file = None
     if class_names is None:
@@ -131,7 +132,7 @@ def read_yolo(src: Path, class_names: Sequence[str] | None = None) -> SourceData
     claimed: set[Path] = set()
     image_dirs: set[Path] = set()
     taken: set[str] = set()
-    for path in find_images(src):
+    for path in find_image_files(src):
         relative = path.relative_to(src)
         image_dirs.add(path.parent)
         label_file = label_file_for(path, src)
