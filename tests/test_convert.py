@@ -14,9 +14,9 @@ from PIL import Image
 
 from tests.conftest import DATA, require
 from torchdetr.data.convert import convert_dataset, read_class_names
+from torchdetr.data.convert.split import hash_split
 from torchdetr.data.io import ORIENTATION_TAG, read_image_header
 from torchdetr.errors import ConfigError, DataError, MissingFileError, OutputError
-from torchdetr.data.convert.split import hash_split
 
 # Ground truth used by the writers below: file name → (width, height, mode, [(class, x, y, w, h), ...]).
 # Odd sizes; boxes on integer pixels so VOC (integer indices) can represent them exactly.

@@ -62,7 +62,7 @@ def load_coco_api(ann_file: str | Path, *, masks: bool = False) -> COCO:
     content, unreadable = read_coco_json(path)
     if unreadable is not None:
         raise DataError(unreadable.one_line())
-    validate_coco(content, str(path), masks=masks).raise_first_error()
+    validate_coco(content, str(path), masks=masks, read_images=True).raise_first()
     fill_missing_areas(content)
     return coco_from_dict(content)
 

@@ -72,7 +72,7 @@ def compute_stats(ann_file: Path | str, name: str | None = None) -> DatasetStats
     if not ann_file.is_file():
         raise MissingFileError(f"{ann_file}: annotation file not found")
     content, unreadable = read_coco_json(ann_file)
-    problem = unreadable or validate_coco(content, str(ann_file)).first_error()
+    problem = unreadable or validate_coco(content, str(ann_file)).first()
     if problem is not None:
         raise DataError(f"{problem.one_line()}; run `detr data check {ann_file}`")
     images, annotations = content["images"], content["annotations"]

@@ -8,8 +8,9 @@ Its users decide what stops them:
 
 - loading (``data.coco.load_coco_api``: training and evaluation datasets) raises
   :class:`~torchdetr.errors.DataError` with the first **fatal** error — one that makes the file unusable
-  (wrong types, duplicate or dangling ids, NaN/inf, boxes with negative size, missing ``iscrowd``,
-  file names outside the image folder; with ``masks``, missing or malformed segmentations and image sizes);
+  (wrong types, duplicate or dangling ids, NaN/inf, boxes with negative size, missing ``iscrowd``; with
+  ``read_images``, missing file names or ones outside the image folder; with ``masks``, missing or
+  malformed segmentations and image sizes);
 - evaluation's ground-truth check (``evaluation``) adds ``missing_area`` (COCOeval reads it);
 - ``detr data check`` (:mod:`.check`) reports all of them, adding its checks of the image files.
 
@@ -135,13 +136,16 @@ class Validation:
     images: dict[int, dict] = field(default_factory=dict)
     boxes_per_category: Counter = field(default_factory=Counter)
 
-    def first_error(self, stops: Callable[[Problem], bool] = lambda p: p.fatal) -> Problem | None:
-        """The first error (in file order) for which ``stops`` is true; by default the first fatal one."""
-        return next((p for p in self.errors if stops(p)), None)
+    def first(self, stops: Callable[[Problem], bool] = lambda p: p.fatal) -> Problem | None:
+        """The first problem for which ``stops`` is true, errors before warnings, each in file order.
 
-    def raise_first_error(self, stops: Callable[[Problem], bool] = lambda p: p.fatal) -> None:
-        """Raise :class:`~torchdetr.errors.DataError` (``FILE: entry: problem``) for :meth:`first_error`, if any."""
-        problem = self.first_error(stops)
+        By default the first fatal error; a user may also stop at some warnings (evaluation: ``missing_area``).
+        """
+        return next((p for p in (*self.errors, *self.warnings) if stops(p)), None)
+
+    def raise_first(self, stops: Callable[[Problem], bool] = lambda p: p.fatal) -> None:
+        """Raise :class:`~torchdetr.errors.DataError` (``FILE: entry: problem``) for :meth:`first`, if any."""
+        problem = self.first(stops)
         if problem is not None:
             raise DataError(problem.one_line())
 
@@ -232,9 +236,10 @@ def _segmentation_problem(segmentation: Any, size: tuple[int, int] | None) -> st
 class _Validator:
     """Collects problems while walking one annotation dict."""
 
-    def __init__(self, file: str, masks: bool) -> None:
+    def __init__(self, file: str, masks: bool, read_images: bool) -> None:
         self.result = Validation(file)
         self.masks = masks
+        self.read_images = read_images
         self.image_ids: set[int] = set()  # every integer image id, valid record or not
 
     def error(self, kind: str, message: str, *, fatal: bool = False, **ids: tuple[int, ...]) -> None:
@@ -316,11 +321,11 @@ class _Validator:
             file_name = im.get("file_name")
             if not isinstance(file_name, str) or not file_name:
                 self.error(BAD_RECORD, f"{where}: 'file_name' must be a non-empty string, got {short(file_name)}",
-                           fatal=True, **ids)
+                           fatal=self.read_images, **ids)
                 continue
             if is_unsafe_file_name(file_name):
                 self.error(UNSAFE_FILE_NAME, f"{where}: file_name {short(file_name)} points outside the image folder",
-                           fatal=True, **ids)
+                           fatal=self.read_images, **ids)
                 continue
             by_file[file_name].append(iid)
             if self.image_size(im, where, ids):
@@ -454,13 +459,15 @@ class _Validator:
                           f"only {n_least} (ratio {n_most / n_least:.0f} > {IMBALANCE_RATIO:g})", category_ids=(most, least))
 
 
-def validate_coco(content: Any, file: str = "annotations", *, masks: bool = False) -> Validation:
+def validate_coco(content: Any, file: str = "annotations", *, masks: bool = False, read_images: bool = False) -> Validation:
     """Every problem of a COCO detection annotation dict (``content``, any JSON value) read from ``file``.
 
     ``masks``: the annotations must also carry valid segmentations (polygons or RLE at the image size), and
-    images integer sizes. Never raises; see the module docstring for which problems are fatal.
+    images integer sizes. ``read_images``: the pictures will be read, so a missing or unsafe ``file_name``
+    is fatal (evaluation alone does not need it). Never raises; see the module docstring for which problems
+    are fatal.
     """
-    walker = _Validator(str(file), masks)
+    walker = _Validator(str(file), masks, read_images)
     if walker.structure(content):
         walker.categories(content["categories"])
         walker.images(content["images"])
