@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -74,6 +75,10 @@ def _exif_sideways(data: dict, root: Path) -> None:
     Image.new("RGB", (H, W)).save(root / "images" / "2.png", exif=exif.tobytes())
 
 
+def _sixteen_bit(data: dict, root: Path) -> None:
+    Image.fromarray(np.full((H, W), 4000, dtype=np.uint16)).save(root / "images" / "2.png")  # a 16-bit PNG
+
+
 def _imbalance(data: dict, root: Path) -> None:
     data["annotations"] += [{"id": 100 + i, "image_id": 3, "category_id": 1, "bbox": [i % 30, 1, 5, 5], "area": 25,
                              "iscrowd": 0} for i in range(41)]  # cat 43 vs dog 2
@@ -121,6 +126,7 @@ WARNING_CASES = [
     ("sparse_category_ids", _sparse, (), (), (1, 1000), "instances_train.json"),
     ("duplicate_category_name", _set("categories", 1, "name", "cat"), (), (), (1, 2), "instances_train.json"),
     ("exif_orientation", _exif_sideways, (2,), (), (), "2.png"),
+    ("high_bit_depth", _sixteen_bit, (2,), (), (), "2.png"),
     ("box_partly_outside", _bbox(4, [35, 5, 10, 5]), (2,), (4,), (), "instances_train.json"),
     ("missing_area", _drop_key(1, "area"), (1,), (1,), (), "instances_train.json"),
     ("unused_category", lambda d, r: d["categories"].append({"id": 3, "name": "bird"}), (), (), (3,),

@@ -43,7 +43,6 @@ TIFF stacks) give their first frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -80,6 +79,11 @@ class UnreadableImageError(DataError):
 def is_image_file(path: Path) -> bool:
     """True for a regular file whose extension is one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def image_suffixes() -> str:
+    """:data:`IMAGE_EXTENSIONS` as one sorted, comma-separated string (for messages)."""
+    return ", ".join(sorted(IMAGE_EXTENSIONS))
 
 
 def find_image_files(root: Path) -> list[Path]:
@@ -289,8 +293,3 @@ def _name(path: Path | IO[bytes]) -> str:
 def _reason(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {text}"
-
-
-def image_suffixes(extensions: Iterable[str] = IMAGE_EXTENSIONS) -> str:
-    """The recognised extensions as one sorted, comma-separated string (for messages)."""
-    return ", ".join(sorted(extensions))

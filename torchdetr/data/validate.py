@@ -186,6 +186,16 @@ def _is_finite(value: Any) -> bool:
         return False
 
 
+def _numbers_state(values: list) -> str:
+    """``"finite"``, ``"non_finite"`` (numbers, some NaN/inf/too large) or ``"not_numbers"`` for a list of values."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "not_numbers"
+    try:
+        return "finite" if all(map(math.isfinite, values)) else "non_finite"
+    except OverflowError:
+        return "non_finite"
+
+
 def is_unsafe_file_name(file_name: str) -> bool:
     """True for absolute paths and paths that climb out with ``..`` (POSIX or Windows spelling)."""
     posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
@@ -202,6 +212,10 @@ def _id_ranges(ids: list[int]) -> str:
             runs.append([i, i])
     text = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs[:8])
     return text + (", ..." if len(runs) > 8 else "")
+
+
+def _shown(box: tuple[float, float, float, float]) -> str:
+    return "'bbox' [" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
 def _polygon_problem(polygon: Any) -> str | None:
@@ -233,6 +247,18 @@ def _segmentation_problem(segmentation: Any, size: tuple[int, int] | None) -> st
 # ----------------------------------------------------------------------------------------------
 # The walk
 # ----------------------------------------------------------------------------------------------
+class _Entry:
+    """``annotations[3] (id 7)``, formatted only when a problem is reported."""
+
+    __slots__ = ("index", "record_id", "section")
+
+    def __init__(self, section: str, index: int, record_id: int) -> None:
+        self.section, self.index, self.record_id = section, index, record_id
+
+    def __str__(self) -> str:
+        return f"{self.section}[{self.index}] (id {self.record_id})"
+
+
 class _Validator:
     """Collects problems while walking one annotation dict."""
 
@@ -361,14 +387,15 @@ class _Validator:
         for i, ann in enumerate(records):
             aid = self.record_id("annotations", i, ann, seen)
             if aid is not None:
-                self.annotation(ann, f"annotations[{i}] (id {aid})", {"annotation_ids": (aid,)})
+                self.annotation(ann, _Entry("annotations", i, aid), aid)
 
-    def annotation(self, ann: dict, where: str, ids: dict) -> None:
+    def annotation(self, ann: dict, where: _Entry, aid: int) -> None:
         image_id, category_id = ann.get("image_id"), ann.get("category_id")
         if not (_is_int(image_id) and image_id in self.image_ids):
-            self.error(UNKNOWN_IMAGE, f"{where}: image_id {short(image_id)} is not in 'images'", fatal=True, **ids)
+            self.error(UNKNOWN_IMAGE, f"{where}: image_id {short(image_id)} is not in 'images'", fatal=True,
+                       annotation_ids=(aid,))
             return
-        ids = {**ids, "image_ids": (image_id,)}
+        ids = {"annotation_ids": (aid,), "image_ids": (image_id,)}
         if not (_is_int(category_id) and category_id in self.result.categories):
             known = sorted(self.result.categories)
             self.error(UNKNOWN_CATEGORY, f"{where}: category_id {short(category_id)} is not in 'categories' "
@@ -381,17 +408,18 @@ class _Validator:
         if image is not None and self.inside_image(box, image, where, ids) and not ann["iscrowd"]:
             self.result.boxes_per_category[category_id] += 1
 
-    def box(self, ann: dict, where: str, ids: dict) -> tuple[float, float, float, float] | None:
+    def box(self, ann: dict, where: _Entry, ids: dict) -> tuple[float, float, float, float] | None:
         """``(x, y, w, h)`` of a well-formed box with positive size, else None after reporting the problem."""
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == BOX_VALUES and all(_is_number(v) for v in bbox)):
+        state = _numbers_state(bbox) if isinstance(bbox, list) and len(bbox) == BOX_VALUES else "not_numbers"
+        if state == "not_numbers":
             self.error(BAD_RECORD, f"{where}: 'bbox' must be four numbers [x, y, width, height], got {short(bbox)}",
                        fatal=True, **ids)
             return None
-        if not all(_is_finite(v) for v in bbox):
+        if state == "non_finite":
             self.error(NON_FINITE, f"{where}: 'bbox' {short(bbox)} is not finite", fatal=True, **ids)
             return None
-        x, y, w, h = (float(v) for v in bbox)
+        x, y, w, h = map(float, bbox)
         if w < 0 or h < 0:
             self.error(BAD_BOX_SIZE, f"{where}: 'bbox' {short(bbox)} has a negative width or height "
                        "(x2, y2 written as width, height?)", fatal=True, **ids)
@@ -401,7 +429,7 @@ class _Validator:
             return None
         return x, y, w, h
 
-    def crowd_and_area(self, ann: dict, where: str, ids: dict) -> bool:
+    def crowd_and_area(self, ann: dict, where: _Entry, ids: dict) -> bool:
         if "iscrowd" not in ann:
             self.error(MISSING_FIELD, f"{where} has no 'iscrowd'", fatal=True, **ids)
             return False
@@ -412,15 +440,16 @@ class _Validator:
             self.warn(MISSING_AREA, f"{where} has no 'area'", **ids)
             return True
         area = ann["area"]
-        if _is_number(area) and not _is_finite(area):
+        state = _numbers_state([area])
+        if state == "non_finite":
             self.error(NON_FINITE, f"{where}: 'area' is {short(area)}", fatal=True, **ids)
             return False
-        if not _is_number(area) or area < 0:
+        if state == "not_numbers" or area < 0:
             self.error(BAD_RECORD, f"{where}: 'area' must be a finite number >= 0, got {short(area)}", fatal=True, **ids)
             return False
         return True
 
-    def segmentation(self, ann: dict, where: str, ids: dict) -> bool:
+    def segmentation(self, ann: dict, where: _Entry, ids: dict) -> bool:
         if not self.masks:
             return True
         if "segmentation" not in ann:
@@ -434,14 +463,13 @@ class _Validator:
             return False
         return True
 
-    def inside_image(self, box: tuple[float, float, float, float], image: dict, where: str, ids: dict) -> bool:
+    def inside_image(self, box: tuple[float, float, float, float], image: dict, where: _Entry, ids: dict) -> bool:
         (x, y, w, h), width, height = box, image["width"], image["height"]
-        shown = f"'bbox' [{x:g}, {y:g}, {w:g}, {h:g}]"
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            self.error(BOX_OUTSIDE_IMAGE, f"{where}: {shown} lies outside the {width}x{height} image", **ids)
+            self.error(BOX_OUTSIDE_IMAGE, f"{where}: {_shown(box)} lies outside the {width}x{height} image", **ids)
             return False
         if min(x, y) < -OUTSIDE_TOLERANCE or x + w > width + OUTSIDE_TOLERANCE or y + h > height + OUTSIDE_TOLERANCE:
-            self.warn(BOX_PARTLY_OUTSIDE, f"{where}: {shown} extends past the {width}x{height} image", **ids)
+            self.warn(BOX_PARTLY_OUTSIDE, f"{where}: {_shown(box)} extends past the {width}x{height} image", **ids)
         return True
 
     # --- the file as a whole ----------------------------------------------------------------------
