@@ -73,6 +73,21 @@ def test_check_exit_codes(tmp_path, capsys, bbox, code, word):
     assert main(["data", "check", str(root / "annotations" / "instances_val.json"), "--images", str(root / "images")]) == code
 
 
+def test_malformed_values_are_reported_by_check_and_stats_without_traceback(tmp_path, capsys):
+    root = coco_folder(tmp_path / "d", [1, 1, 5, 5])
+    ann_file = root / "annotations" / "instances_train.json"
+    data = json.loads(ann_file.read_text())
+    data["annotations"][0]["image_id"] = [1]  # a list where an id belongs
+    data["images"][0]["width"] = {"w": 20}
+    ann_file.write_text(json.dumps(data))
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "annotations[0] (id 1): image_id [1] is not in 'images'" in out and "'width' must be a positive number" in out
+    assert main(["data", "stats", str(ann_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "annotations[0] (id 1): image_id [1]" in err and "detr data check" in err
+
+
 def test_check_missing_path_exits_2(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
