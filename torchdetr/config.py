@@ -54,6 +54,7 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 DEVICE_PATTERN = (r"auto|cpu|(cuda|mps|xpu)(:\d+)?", "a device (auto, cpu, cuda, cuda:N, mps)")
 DIST_URL_PATTERN = (r"[a-z][a-z0-9+.-]*://.*", "a URL (env://, tcp://HOST:PORT, file://PATH)")
+RESUME_AUTO = "auto"  # --resume auto: the newest valid checkpoint of --output_dir
 
 
 def _option(
@@ -226,7 +227,10 @@ class DETRConfig(ModelConfig):
                                  "optimisation", ge=0)
 
     # --- weights a training run starts from (original main.py, then torchdetr's) ---
-    resume: str = _option("", "checkpoint path or URL to resume from (model, optimizer, schedule, epoch)", "weights")
+    resume: str = _option(
+        "", "checkpoint path or URL to resume from (model, optimizer, schedule, epoch, random state), or auto: the "
+        "newest valid checkpoint in --output_dir, or a fresh start when there is none (the same command can be "
+        "re-run after any crash)", "weights")
     frozen_weights: str | None = _option(
         None, "detection checkpoint whose weights are loaded and frozen (segmentation stage 2, with --masks)", "weights")
     pretrained: str = _option(
@@ -236,6 +240,9 @@ class DETRConfig(ModelConfig):
 
     # --- run (original main.py, then torchdetr's) ---
     output_dir: str = _option("", "where to write checkpoints and logs ('' = nowhere)", "run")
+    overwrite: bool = _option(
+        False, "replace the earlier run in --output_dir (its checkpoints, log.txt, eval/, tensorboard/, detections); "
+        "without it a folder holding a run is refused unless the run is resumed", "run")
     device: str = _option("auto", "device: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps", "run",
                           pattern=DEVICE_PATTERN)
     seed: int = _option(42, "random seed", "run", ge=0)
@@ -270,6 +277,10 @@ class DETRConfig(ModelConfig):
         if not self.eval and self.epochs <= self.start_epoch:
             raise ConfigError(f"--epochs {self.epochs} with --start_epoch {self.start_epoch}: nothing to train "
                               f"(epochs is the last epoch + 1, not a count from start_epoch)")
+        if self.resume == RESUME_AUTO and not self.output_dir:
+            raise ConfigError("--resume auto continues the run in --output_dir: give --output_dir")
+        if self.resume == RESUME_AUTO and self.overwrite:
+            raise ConfigError("--resume auto continues the run in --output_dir, --overwrite replaces it: choose one")
         if self.coco_panoptic_path is not None and self.dataset_file != "coco_panoptic":
             raise ConfigError(f"--coco_panoptic_path {self.coco_panoptic_path!r}: panoptic datasets are not supported "
                               f"yet (the option is read with --dataset_file coco_panoptic, not {self.dataset_file})")

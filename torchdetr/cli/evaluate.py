@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
                    help="mode 1: COCO evaluation implementation (same numbers; faster_coco_eval is faster)")
     p.add_argument("--model", help="official model name or checkpoint path/URL (mode 2)")
     p.add_argument("--config", help="YAML/JSON file of options")
-    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"), exclude=("eval",))
+    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"), exclude=("eval", "overwrite"))
     p.set_defaults(func=run)
 
 

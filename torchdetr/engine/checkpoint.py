@@ -2,25 +2,30 @@
 
 Reading is safe (``weights_only``): official DETR ``.pth`` files, our own, bare state dicts, safetensors,
 URLs. Writing is the official training layout (``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
-``args``), atomically.
+``args``, plus torchdetr's entries), atomically and durably (:func:`write_atomic`), never with non-finite
+values.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 
 from ..config import DETRConfig
-from ..errors import DownloadError, InputFileError, MissingFileError
+from ..errors import DownloadError, InputFileError, MissingFileError, OutputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,10 @@ def load_model_state(
     """Load weights into ``model`` with a clear message on mismatch.
 
     With ``reinit_class_head`` a class head of a different size (fine-tuning to another number
-    of classes) is skipped and left at its fresh initialisation; the skipped keys are returned.
+    of classes) is skipped and left at its fresh initialisation; the skipped keys are returned. Every
+    other key must match (with ``strict``): a missing, unexpected or differently shaped key is an
+    ``InputFileError`` naming ``source`` and the first keys, so weights of another architecture are
+    never loaded half-way.
     """
     own = model.state_dict()
     state = dict(state_dict)
@@ -163,19 +171,18 @@ def load_model_state(
             hint = (" The class head differs: set --num_classes to the checkpoint's class count, or fine-tune "
                     "with --pretrained, which re-initialises the class head.")
         raise InputFileError(f"{source}: weights do not fit the model ({'; '.join(shape_errors[:4])}).{hint}")
-    if strict and not skipped:
-        missing = [k for k in own if k not in state]
+    if strict:
+        missing = [k for k in own if k not in state and k not in skipped]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
             raise InputFileError(
                 f"{source}: weights do not fit the model: "
                 f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
                 f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}. "
-                "Check --backbone, --masks, --dilation, --position_embedding, --pre_norm and the layer counts."
+                "Check --backbone, --masks, --dilation, --position_embedding, --pre_norm and the layer counts"
+                + (" (only the class head may differ)." if reinit_class_head else ".")
             )
-        model.load_state_dict(state, strict=True)
-    else:
-        model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=strict and not skipped)
     if skipped:
         log.info("class head re-initialised (checkpoint has %d classes, model %d): %s",
                  state_dict[skipped[0]].shape[0] - 1, own[skipped[0]].shape[0] - 1, ", ".join(skipped))
@@ -185,6 +192,10 @@ def load_model_state(
 # ---------------------------------------------------------------- writing
 CHECKPOINT_NAME = "checkpoint.pth"
 EXTRA_CHECKPOINT_EVERY = 100  # epochs, as the original (plus one at the LR drop)
+# a file being written is ``.NAME.PID-RANDOM.tmp`` beside its target, so concurrent writers never share one
+TEMPORARY_FILE = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
+NEW_FILE_MODE = 0o666  # before the umask, as open() creates files
+TEMPORARY_NAME_TRIES = 100
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -203,7 +214,7 @@ def checkpoint_dict(
     """``{"model", "optimizer", "lr_scheduler", "epoch", "args", ...extra}`` as ``main.py`` writes it.
 
     ``args`` is an ``argparse.Namespace`` (the original's type, so its code can read our files);
-    extra entries (``categories``, ``ema``) are ignored by the original's loaders.
+    extra entries (``categories``, ``ema``, ``rng``, ``run_log``…) are ignored by the original's loaders.
     """
     state: dict[str, Any] = {"model": unwrap(model).state_dict()}
     if optimizer is not None:
@@ -216,14 +227,116 @@ def checkpoint_dict(
     return state
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file then rename, so a crash never leaves a half-written file."""
+def non_finite_entries(state: Any, prefix: str = "") -> list[str]:
+    """Names (``model/transformer.x.weight``, ``optimizer/state/3/exp_avg``…) of floating-point tensors in
+    ``state`` (nested dicts, lists) holding NaN or infinity; ``[]`` when every value is finite."""
+    if torch.is_tensor(state):
+        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, Mapping):
+        return [name for key, value in state.items() for name in non_finite_entries(value, f"{prefix}{key}/")]
+    if isinstance(state, list | tuple):
+        return [name for i, value in enumerate(state) for name in non_finite_entries(value, f"{prefix}{i}/")]
+    return []
+
+
+def resume_problem(checkpoint: Mapping[str, Any]) -> str | None:
+    """Why a loaded checkpoint cannot continue a run (no training state, non-finite values), or None."""
+    missing = [key for key in ("optimizer", "lr_scheduler", "epoch") if key not in checkpoint]
+    if missing:
+        return f"it holds no training state (no {', '.join(missing)})"
+    bad = non_finite_entries({k: checkpoint[k] for k in ("model", "ema", "optimizer") if k in checkpoint})
+    if bad:
+        return f"it holds non-finite values ({', '.join(name.rstrip('/') for name in bad[:3])}{', …' if len(bad) > 3 else ''})"
+    return None
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, copies: Sequence[str | Path] = (),
+                 what: str = "file") -> Path:
+    """Write ``path`` (and identical ``copies`` in the same folder) so that a crash never leaves a partial file.
+
+    ``write(f)`` fills a new temporary file beside ``path`` (a unique name: concurrent writers never share
+    one), which is flushed to disk (``fsync``) and then renamed over the target (``os.replace``, atomic),
+    copies first and ``path`` last; finally the folder is synced so the rename itself survives a power cut.
+    A target therefore holds either its old or its new content, never a mix. On any failure the
+    temporary files are removed and the targets keep their old content; an ``OSError`` (disk full,
+    read-only folder, permission denied) becomes an ``OutputError`` naming ``path`` and the reason.
+    """
+    path = Path(path)
+    temporary: list[Path] = []
+    try:
+        tmp = _new_temporary_file(path)
+        temporary.append(tmp)
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        for copy in map(Path, copies):
+            copy_tmp = _new_temporary_file(copy)
+            temporary.append(copy_tmp)
+            shutil.copyfile(tmp, copy_tmp)
+            _fsync_file(copy_tmp)
+            os.replace(copy_tmp, copy)
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+    except BaseException as err:
+        for leftover in temporary:
+            leftover.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, UserError):
+            raise OutputError(f"{Path(err.filename) if err.filename else path}: could not write the {what}: "
+                              f"{err.strerror or err}; partial files were removed and the previous {what} (if any) "
+                              "is kept") from None
+        raise
+    return path
+
+
+def _new_temporary_file(path: Path) -> Path:
+    """A new, empty ``.NAME.PID-RANDOM.tmp`` beside ``path`` (created exclusively, with the usual permissions)."""
+    for _ in range(TEMPORARY_NAME_TRIES):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_directory(folder: str | Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` (``.NAME.PID-RANDOM.tmp``).
+
+    Only safe while no other process writes there (the caller holds the output folder's lock).
+    """
+    folder = Path(folder)
+    removed = [p for p in folder.iterdir() if TEMPORARY_FILE.match(p.name) and p.is_file()] if folder.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def save_atomic(state: dict[str, Any], path: str | Path, copies: Sequence[str | Path] = ()) -> Path:
+    """``torch.save(state)`` to ``path`` (and ``copies``) through :func:`write_atomic`: atomic and durable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda f: torch.save(state, f), copies=copies, what="checkpoint")
 
 
 def checkpoint_paths(output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
@@ -235,5 +348,24 @@ def checkpoint_paths(output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
 
 
 def write_checkpoints(state: dict[str, Any], output_dir: Path, epoch: int, lr_drop: int) -> list[Path]:
-    """Save ``state`` (see :func:`checkpoint_dict`) to every path :func:`checkpoint_paths` names for ``epoch``."""
-    return [save_atomic(state, path) for path in checkpoint_paths(output_dir, epoch, lr_drop)]
+    """Save ``state`` (see :func:`checkpoint_dict`) to every path :func:`checkpoint_paths` names for ``epoch``.
+
+    Refuses (``ValueError``) a state with non-finite values: the files on disk stay the last good ones.
+    The state is serialised once; ``checkpoint.pth`` is replaced last.
+    """
+    bad = non_finite_entries({k: state[k] for k in ("model", "ema", "optimizer") if k in state})
+    if bad:
+        raise ValueError(f"non-finite values in {', '.join(name.rstrip('/') for name in bad[:3])}")
+    paths = checkpoint_paths(output_dir, epoch, lr_drop)
+    save_atomic(state, paths[0], copies=paths[1:])
+    return paths
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The ``epoch`` stored in a checkpoint file, read without loading its tensors (memory-mapped); None if unreadable."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(checkpoint["epoch"])
+    except Exception:  # any unreadable file simply has no known epoch
+        return None

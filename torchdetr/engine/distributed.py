@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,10 +26,13 @@ class DistInfo:
 def init_distributed(device: str, dist_url: str = "env://") -> DistInfo:
     """Join the process group when launched by ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK set).
 
-    NCCL on CUDA, Gloo on CPU. Without those variables this is a single process and a no-op.
+    NCCL on CUDA, Gloo on CPU. Without those variables this is a single process and a no-op; a process
+    that already joined keeps its group.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
+    if is_dist():  # already joined (a run that evaluates after its start-up)
+        return DistInfo(True, dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -68,6 +72,24 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(tensor)
     tensor /= get_world_size()
     return dict(zip(keys, tensor.tolist()))
+
+
+def broadcast_object(obj: Any) -> Any:
+    """The main process's ``obj`` on every process (``obj`` itself in a single process); picklable objects only."""
+    if not is_dist():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, …]`` on every process (``[obj]`` in a single process)."""
+    if not is_dist():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def cleanup() -> None:

@@ -4,10 +4,11 @@ mixed precision, moving a batch to the device and the progress bar."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import sys
-from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..structures import NestedTensor
 from . import distributed as du
+
+log = logging.getLogger("torchdetr.train")
 
 NUMPY_SEED_MODULUS = 2**32  # numpy seeds must fit in 32 bits
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +53,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % NUMPY_SEED_MODULUS)
     random.seed(seed)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The state of every random generator a training step draws from, in a form checkpoints hold.
+
+    ``torch`` (CPU), ``cuda`` (every GPU, when CUDA is initialised), ``numpy`` and ``python`` (the
+    global generators data augmentation uses) and ``loader``: ``generator``, the training loader's
+    generator (shuffling order and worker seeds). Only tensors, numbers and tuples, so a checkpoint
+    holding it still loads with ``weights_only=True``.
+    """
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+        "loader": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_state(state: Mapping[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured; CUDA states only onto as many GPUs as were saved."""
+    torch.set_rng_state(state["torch"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("the saved CUDA random states are of %d GPU(s), this machine has %d: not restored",
+                        len(cuda), torch.cuda.device_count())
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    random.setstate(_as_python_state(state["python"]))
+    if generator is not None and state.get("loader") is not None:
+        generator.set_state(state["loader"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    """``random.setstate`` wants tuples (a round trip through some formats gives lists)."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+@contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block without changing any global random generator (evaluation between training epochs):
+    a run evaluated between its epochs draws the same training randomness as one that is not."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def start_process(device: str | torch.device | None, seed: int, dist_url: str = "env://") -> tuple[torch.device, du.DistInfo]:

@@ -10,15 +10,16 @@ state on top.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import DETRConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputFileError
 from ..training import ModelEMA
-from .checkpoint import evaluated_weights, load_checkpoint, load_model_state, unwrap
+from .checkpoint import evaluated_weights, load_checkpoint, load_model_state, non_finite_entries, unwrap
 
 log = logging.getLogger("torchdetr.train")
 
@@ -62,6 +63,18 @@ def _load_pretrained(model: nn.Module, name_or_path: str) -> str:
     return f"weights from {source}"
 
 
+@dataclass
+class ResumedState:
+    """What a resumed run continues with besides the weights and optimiser: the first epoch to train, the
+    checkpoint's epoch (None when it held no training state), its random states (one per process) and its
+    ``run_log`` (``{"rows": rows logged before its epoch, "pending": {"row", "evaluate"}}``), when it has them."""
+
+    start_epoch: int
+    epoch: int | None = None
+    rng: list[dict[str, Any]] | None = None
+    run_log: dict[str, Any] | None = None
+
+
 def resume_training(
     source: str,
     model: nn.Module,
@@ -71,25 +84,37 @@ def resume_training(
     *,
     training_queries: nn.Module | None = None,
     ema: ModelEMA | None = None,
-) -> int:
-    """Restore a run from checkpoint ``source``; returns the epoch to continue from.
+    scaler: torch.amp.GradScaler | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> ResumedState:
+    """Restore a run from checkpoint ``source`` (``checkpoint``: the same, already loaded).
 
-    The model's weights always; the optimizer, LR schedule and training-only queries when the
-    checkpoint holds a training state (else training restarts at ``start_epoch`` from these weights);
-    the EMA weights when both the run and the checkpoint have them.
+    The model's weights always; the optimizer, LR schedule, training-only queries and fp16 loss scale
+    when the checkpoint holds a training state (else training restarts at ``start_epoch`` from these
+    weights); the EMA weights when both the run and the checkpoint have them. A checkpoint holding
+    non-finite values is refused (``InputFileError``).
     """
-    checkpoint = load_checkpoint(source)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(source)
+    bad = non_finite_entries({k: checkpoint[k] for k in ("model", "ema", "optimizer") if k in checkpoint})
+    if bad:
+        raise InputFileError(f"--resume {source}: the checkpoint holds non-finite values ({bad[0].rstrip('/')}"
+                             f"{', …' if len(bad) > 1 else ''}): resume from an earlier checkpoint")
     load_model_state(unwrap(model), checkpoint["model"], source=source)
+    state = ResumedState(start_epoch=start_epoch)
     if all(k in checkpoint for k in TRAINING_STATE_KEYS):
         if training_queries is not None and "training_queries" in checkpoint:
             training_queries.load_state_dict(checkpoint["training_queries"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        start_epoch = int(checkpoint["epoch"]) + 1
-        log.info("resumed from %s at epoch %d", source, start_epoch)
+        if scaler is not None and "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+        state = ResumedState(start_epoch=int(checkpoint["epoch"]) + 1, epoch=int(checkpoint["epoch"]),
+                             rng=checkpoint.get("rng"), run_log=checkpoint.get("run_log"))
+        log.info("resumed from %s at epoch %d", source, state.start_epoch)
     if ema is not None and "ema" in checkpoint:
         ema.load_from_checkpoint(checkpoint["ema"])
-    return start_epoch
+    return state
 
 
 def load_weights_to_evaluate(model: nn.Module, source: str, use_ema: bool = True) -> str:

@@ -1,0 +1,185 @@
+"""Checkpoint writing (atomic, durable, unique temporary files, never non-finite) and the strict key check
+of start weights (``engine/checkpoint.py``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+import torch
+
+from torchdetr import DETRConfig, build_model
+from torchdetr.engine import checkpoint as ckpt
+from torchdetr.engine.checkpoint import (
+    checkpoint_epoch,
+    load_checkpoint,
+    load_model_state,
+    non_finite_entries,
+    remove_partial_files,
+    resume_problem,
+    save_atomic,
+    write_checkpoints,
+)
+from torchdetr.engine.start import load_start_weights
+from torchdetr.errors import InputFileError, OutputError
+
+TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=5,
+            backbone_weights="none")
+
+
+def small_state(value: float = 1.0, epoch: int = 0) -> dict:
+    return {"model": {"w": torch.full((4, 4), value)}, "optimizer": {"state": {}, "param_groups": []},
+            "lr_scheduler": {}, "epoch": epoch}
+
+
+def test_save_replaces_the_file_through_a_synced_unique_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pth"
+    save_atomic(small_state(1.0), target)
+    events, temporary_names = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        temporary_names.append(os.path.basename(src))
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_atomic(small_state(2.0), target)
+    save_atomic(small_state(3.0), target)
+    assert load_checkpoint(target)["model"]["w"][0, 0] == 3.0
+    # every write went through its own temporary file in the same folder, synced before the rename,
+    # and the folder was synced after it
+    assert len(set(temporary_names)) == 2 and all(ckpt.TEMPORARY_FILE.match(n) for n in temporary_names)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"] * 2
+    if os.path.exists("/proc/self/fd"):
+        assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
+
+
+def test_concurrent_writers_never_leave_an_unloadable_file(tmp_path):
+    """A fixed temporary name lets two writers write into one file (or rename it away from each other)."""
+    target, errors = tmp_path / "checkpoint.pth", []
+    state = {"model": {"w": torch.randn(256, 256)}}
+
+    def writer():
+        try:
+            for _ in range(10):
+                save_atomic(state, target)
+        except Exception as err:  # collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    torch.testing.assert_close(load_checkpoint(target)["model"]["w"], state["model"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
+
+
+def test_disk_full_during_a_save_removes_the_partial_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pth"
+    save_atomic(small_state(1.0), target)
+    before = target.read_bytes()
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        f.write(b"x" * 4096)  # a partial file of some size, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    with pytest.raises(OutputError) as caught:
+        save_atomic(small_state(2.0), target)
+    monkeypatch.setattr(torch, "save", real_save)
+    message = str(caught.value)
+    assert "\n" not in message and str(target) in message and os.strerror(errno.ENOSPC) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no partial file left
+    assert target.read_bytes() == before
+
+
+def test_extra_checkpoints_are_copies_written_before_the_main_file(tmp_path, monkeypatch):
+    order = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (order.append(os.path.basename(dst)), real_replace(src, dst)))
+    paths = write_checkpoints(small_state(5.0, epoch=9), tmp_path, epoch=9, lr_drop=10)
+    assert [p.name for p in paths] == ["checkpoint.pth", "checkpoint0009.pth"]
+    assert order == ["checkpoint0009.pth", "checkpoint.pth"]  # the main file last: it is the commit point
+    assert (tmp_path / "checkpoint.pth").read_bytes() == (tmp_path / "checkpoint0009.pth").read_bytes()
+    assert checkpoint_epoch(tmp_path / "checkpoint0009.pth") == 9
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    write_checkpoints(small_state(1.0, epoch=0), tmp_path, epoch=0, lr_drop=100)
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+    bad = small_state(1.0, epoch=1)
+    bad["model"]["w"][1, 2] = float("nan")
+    bad["optimizer"]["state"] = {0: {"exp_avg": torch.tensor([float("inf")])}}
+    assert non_finite_entries(bad) == ["model/w/", "optimizer/state/0/exp_avg/"]
+    with pytest.raises(ValueError, match="non-finite values in model/w"):
+        write_checkpoints(bad, tmp_path, epoch=1, lr_drop=100)
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+    assert resume_problem(bad).startswith("it holds non-finite values (model/w")
+    assert resume_problem({"model": {}}) == "it holds no training state (no optimizer, lr_scheduler, epoch)"
+    assert resume_problem(small_state()) is None
+
+
+def test_remove_partial_files_removes_only_temporary_files_of_writers(tmp_path):
+    for name in (".checkpoint.pth.123-0a1b2c3d.tmp", ".log.txt.9-ffffffff.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    for name in ("checkpoint.pth", "notes.tmp", ".hidden.tmp", "data.123-0a1b2c3d.tmp"):
+        (tmp_path / name).write_bytes(b"keep")
+    removed = remove_partial_files(tmp_path)
+    assert sorted(p.name for p in removed) == [".checkpoint.pth.123-0a1b2c3d.tmp", ".log.txt.9-ffffffff.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "checkpoint.pth", "data.123-0a1b2c3d.tmp",
+                                                          "notes.tmp"]
+
+
+@pytest.mark.parametrize("other", [{"enc_layers": 2}, {"pre_norm": True}, {"dec_layers": 2}],
+                         ids=["more-encoder-layers", "pre-norm", "more-decoder-layers"])
+def test_pretrained_of_another_architecture_is_refused_even_with_another_class_count(tmp_path, other):
+    """Only the class head may differ: any other missing/unexpected key names the file and the keys."""
+    source, _, _ = build_model(DETRConfig(**{**TINY, **other}, num_classes=11))
+    path = tmp_path / "pretrained.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model, _, _ = build_model(DETRConfig(**TINY, num_classes=6))
+    with pytest.raises(InputFileError) as caught:
+        load_start_weights(model, DETRConfig(**TINY, num_classes=6, pretrained=str(path)))
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "only the class head may differ" in message
+    extra = {k for k in source.state_dict()} ^ {k for k in model.state_dict()}
+    assert any(key in message for key in extra)
+
+
+def test_pretrained_with_another_class_count_loads_everything_but_the_class_head(tmp_path):
+    source, _, _ = build_model(DETRConfig(**TINY, num_classes=11))
+    path = tmp_path / "pretrained.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model, _, _ = build_model(DETRConfig(**TINY, num_classes=6))
+    fresh_head = model.class_embed.weight.detach().clone()
+    load_start_weights(model, DETRConfig(**TINY, num_classes=6, pretrained=str(path)))
+    for name, value in model.state_dict().items():
+        if not name.startswith("class_embed."):
+            torch.testing.assert_close(value, source.state_dict()[name], msg=name)
+    torch.testing.assert_close(model.class_embed.weight, fresh_head)
+    skipped = load_model_state(model, source.state_dict(), reinit_class_head=True)
+    assert skipped == ["class_embed.weight", "class_embed.bias"]
+
+
+def test_frozen_weights_of_another_architecture_are_refused(tmp_path):
+    masks = dict(TINY, hidden_dim=128, nheads=8)
+    detector, _, _ = build_model(DETRConfig(**{**masks, "enc_layers": 2}, num_classes=6))
+    path = tmp_path / "detector.pth"
+    torch.save({"model": detector.state_dict()}, path)
+    cfg = DETRConfig(**masks, num_classes=6, masks=True, frozen_weights=str(path))
+    model, _, _ = build_model(cfg)
+    with pytest.raises(InputFileError, match=r"detector\.pth: weights do not fit the model: .*transformer\.encoder"):
+        load_start_weights(model, cfg)
