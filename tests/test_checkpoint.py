@@ -1,29 +1,23 @@
-"""Checkpoint writing (atomic, durable, unique temporary files, never non-finite) and the strict key check
-of start weights (``engine/checkpoint.py``)."""
+"""Checkpoint writing (copies before the main file, never non-finite) and the strict key check of start
+weights (``engine/checkpoint.py``; the atomic protocol is tested in ``test_atomic_write.py``)."""
 
 from __future__ import annotations
 
-import errno
 import os
-import threading
 
 import pytest
 import torch
 
 from torchdetr import DETRConfig, build_model
-from torchdetr.engine import checkpoint as ckpt
 from torchdetr.engine.checkpoint import (
     checkpoint_epoch,
-    load_checkpoint,
     load_model_state,
     non_finite_entries,
-    remove_partial_files,
     resume_problem,
-    save_atomic,
     write_checkpoints,
 )
 from torchdetr.engine.start import load_start_weights
-from torchdetr.errors import InputFileError, OutputError
+from torchdetr.errors import InputFileError
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=5,
             backbone_weights="none")
@@ -32,78 +26,6 @@ TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_laye
 def small_state(value: float = 1.0, epoch: int = 0) -> dict:
     return {"model": {"w": torch.full((4, 4), value)}, "optimizer": {"state": {}, "param_groups": []},
             "lr_scheduler": {}, "epoch": epoch}
-
-
-def test_save_replaces_the_file_through_a_synced_unique_temporary_file(tmp_path, monkeypatch):
-    target = tmp_path / "checkpoint.pth"
-    save_atomic(small_state(1.0), target)
-    events, temporary_names = [], []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        temporary_names.append(os.path.basename(src))
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    save_atomic(small_state(2.0), target)
-    save_atomic(small_state(3.0), target)
-    assert load_checkpoint(target)["model"]["w"][0, 0] == 3.0
-    # every write went through its own temporary file in the same folder, synced before the rename,
-    # and the folder was synced after it
-    assert len(set(temporary_names)) == 2 and all(ckpt.TEMPORARY_FILE.match(n) for n in temporary_names)
-    kinds = [kind for kind, _ in events]
-    assert kinds == ["fsync", "replace", "fsync"] * 2
-    if os.path.exists("/proc/self/fd"):
-        assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
-
-
-def test_concurrent_writers_never_leave_an_unloadable_file(tmp_path):
-    """A fixed temporary name lets two writers write into one file (or rename it away from each other)."""
-    target, errors = tmp_path / "checkpoint.pth", []
-    state = {"model": {"w": torch.randn(256, 256)}}
-
-    def writer():
-        try:
-            for _ in range(10):
-                save_atomic(state, target)
-        except Exception as err:  # collected and asserted below
-            errors.append(err)
-
-    threads = [threading.Thread(target=writer) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    torch.testing.assert_close(load_checkpoint(target)["model"]["w"], state["model"]["w"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
-
-
-def test_disk_full_during_a_save_removes_the_partial_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
-    target = tmp_path / "checkpoint.pth"
-    save_atomic(small_state(1.0), target)
-    before = target.read_bytes()
-    real_save = torch.save
-
-    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
-        f.write(b"x" * 4096)  # a partial file of some size, then the disk is full
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
-    with pytest.raises(OutputError) as caught:
-        save_atomic(small_state(2.0), target)
-    monkeypatch.setattr(torch, "save", real_save)
-    message = str(caught.value)
-    assert "\n" not in message and str(target) in message and os.strerror(errno.ENOSPC) in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no partial file left
-    assert target.read_bytes() == before
 
 
 def test_extra_checkpoints_are_copies_written_before_the_main_file(tmp_path, monkeypatch):
@@ -130,17 +52,6 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     assert resume_problem(bad).startswith("it holds non-finite values (model/w")
     assert resume_problem({"model": {}}) == "it holds no training state (no optimizer, lr_scheduler, epoch)"
     assert resume_problem(small_state()) is None
-
-
-def test_remove_partial_files_removes_only_temporary_files_of_writers(tmp_path):
-    for name in (".checkpoint.pth.123-0a1b2c3d.tmp", ".log.txt.9-ffffffff.tmp"):
-        (tmp_path / name).write_bytes(b"partial")
-    for name in ("checkpoint.pth", "notes.tmp", ".hidden.tmp", "data.123-0a1b2c3d.tmp"):
-        (tmp_path / name).write_bytes(b"keep")
-    removed = remove_partial_files(tmp_path)
-    assert sorted(p.name for p in removed) == [".checkpoint.pth.123-0a1b2c3d.tmp", ".log.txt.9-ffffffff.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "checkpoint.pth", "data.123-0a1b2c3d.tmp",
-                                                          "notes.tmp"]
 
 
 @pytest.mark.parametrize("other", [{"enc_layers": 2}, {"pre_norm": True}, {"dec_layers": 2}],

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from torchdetr import DETRConfig
+from torchdetr.cli import main as cli_main
 from torchdetr.engine import run_dir
 from torchdetr.engine.run_dir import LOCK_FILE, OutputLock, claim_output_dir, newest_valid_checkpoint
 from torchdetr.errors import ConfigError, OutputError
@@ -55,7 +56,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_the_lock_is_release
         pass
 
 
-def test_a_run_held_by_another_live_process_is_refused_with_its_pid(tmp_path):
+def test_a_run_held_by_another_live_process_is_refused_with_its_pid(tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, json, os, sys, time
         fd = os.open({str(tmp_path / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)
@@ -69,6 +70,12 @@ def test_a_run_held_by_another_live_process_is_refused_with_its_pid(tmp_path):
         with pytest.raises(OutputError) as caught:
             claim(tmp_path)
         assert f"pid {holder.pid} on elsewhere" in str(caught.value) and "\n" not in str(caught.value)
+        # the command: one line, exit 2, nothing written
+        code = cli_main(["train", "--dataset_file", "synthetic", "--backbone_weights", "none", "--device", "cpu",
+                         "--output_dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"pid {holder.pid}" in err and "Traceback" not in err
+        assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)

@@ -148,6 +148,9 @@ def test_run_writes_official_checkpoints_logs_and_resumes_exactly(tmp_path):
     resumed_rows = []
     train(cfg3, on_epoch_end=resumed_rows.append)
     assert [r["epoch"] for r in resumed_rows] == [2]
+    # the continued run's log holds the whole run: the rows the checkpoint carries, then its own
+    continued = [json.loads(line) for line in (tmp_path / "resumed" / "log.txt").read_text().splitlines()]
+    assert continued[:2] == rows and [r["epoch"] for r in continued] == [0, 1, 2]
     model, _, _ = build_model(cfg.replace(num_classes=6))
     opt, sched, _ = build_optimizer(model, cfg)
     opt.load_state_dict(checkpoint["optimizer"])
@@ -240,3 +243,119 @@ def test_quickstart_config_trains_and_evaluates_each_epoch(tmp_path):
     saved = load_checkpoint(out / "checkpoint.pth")["args"]
     assert (saved.variant, saved.two_stage, saved.cls_loss, saved.dn_groups) == ("dab", True, "focal", 5)
     assert saved.backbone_weights == "none" and saved.num_classes == 6  # offline, classes inferred from the data
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CLI_TINY = [f"--{k}={v}" for k, v in {**TINY, "lr_backbone": 0}.items()]
+
+
+def test_cli_refuses_an_earlier_run_in_one_line_and_overwrite_replaces_it(tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    assert cli_main(["train", *CLI_TINY, "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    assert cli_main(["train", *CLI_TINY, "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds an earlier run" in err and "--overwrite" in err and "Traceback" not in err
+    assert _tree(out) == before  # nothing changed, nothing written
+    with caplog.at_level("WARNING", logger="torchdetr.train"):
+        assert cli_main(["train", *CLI_TINY, "--output_dir", str(out), "--overwrite"]) == 0
+    assert "--overwrite: replacing the earlier run" in caplog.text and "log.txt (1 epoch)" in caplog.text
+    assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0]  # not [0, 0]
+    assert {p.name for p in out.iterdir()} == {name.split("/")[0] for name in before}
+
+
+def test_weights_that_explode_at_the_end_of_an_epoch_are_not_saved(tmp_path, monkeypatch):
+    """The last step of epoch 1 makes the weights infinite: checkpoint.pth stays epoch 0's, and the message
+    names it as the last good checkpoint."""
+    import torchdetr.engine.run as engine_run
+
+    real_epoch = engine_run.train_one_epoch
+
+    def explode_in_epoch_1(model, *args, **kwargs):
+        result = real_epoch(model, *args, **kwargs)
+        if args[4] == 1:  # epoch
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(engine_run, "train_one_epoch", explode_in_epoch_1)
+    out = tmp_path / "run"
+    cfg = DETRConfig(**{**TINY, "lr_backbone": 0, "epochs": 3}, num_classes=None, output_dir=str(out))
+    with pytest.raises(TrainingDiverged) as caught:
+        train(cfg)
+    assert "non-finite during epoch 1" in str(caught.value)
+    assert f"the last good checkpoint is {out / 'checkpoint.pth'}." in str(caught.value)
+    kept = load_checkpoint(out / "checkpoint.pth")
+    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0]
+    assert not (out / "train.lock").exists()
+
+
+def test_cli_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """The disk fills up while epoch 1's checkpoint is written (its writes fail with ENOSPC)."""
+    import errno
+    import os
+    import pathlib
+
+    real_open, opened = pathlib.Path.open, []
+
+    class FullDisk:
+        def __init__(self, raw):
+            self.raw = raw
+
+        def write(self, data):
+            self.raw.write(bytes(data[:1000]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.raw, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.raw.close()
+
+    def open_(self, mode="r", *args, **kwargs):
+        raw = real_open(self, mode, *args, **kwargs)
+        if self.name.startswith(".checkpoint.pth.") and "w" in mode:
+            opened.append(self.name)
+            return FullDisk(raw) if len(opened) == 2 else raw
+        return raw
+
+    monkeypatch.setattr(pathlib.Path, "open", open_)
+    out = tmp_path / "run"
+    assert cli_main(["train", *CLI_TINY, "--epochs=2", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out / 'checkpoint.pth'}: could not write the checkpoint: {os.strerror(errno.ENOSPC)}" in err
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 0  # the previous checkpoint is kept
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name == "train.lock"]
+
+
+def test_cli_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    assert cli_main(["train", *CLI_TINY, "--output_dir", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output_dir {tmp_path / 'taken'} is a file" in err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_an_evaluation_output_that_cannot_be_written_is_an_output_error(tmp_path):
+    import errno
+
+    from torchdetr.engine.run_dir import output_errors
+    from torchdetr.errors import OutputError
+
+    inside = tmp_path / "eval" / "latest.pth"
+    with pytest.raises(OutputError, match=f"{inside}: cannot write: Read-only file system"):
+        with output_errors(tmp_path):
+            raise OSError(errno.EROFS, "Read-only file system", str(inside))
+    with pytest.raises(PermissionError):  # an error about a file elsewhere (an input) is not an output error
+        with output_errors(tmp_path):
+            raise PermissionError(errno.EACCES, "Permission denied", "/data/image.jpg")

@@ -2,30 +2,26 @@
 
 Reading is safe (``weights_only``): official DETR ``.pth`` files, our own, bare state dicts, safetensors,
 URLs. Writing is the official training layout (``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
-``args``, plus torchdetr's entries), atomically and durably (:func:`write_atomic`), never with non-finite
+``args``, plus torchdetr's entries), atomically and durably (:mod:`torchdetr.atomic_write`), never with non-finite
 values.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import os
 import pickle
-import re
-import secrets
-import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 
+from ..atomic_write import write_atomic
 from ..config import DETRConfig
-from ..errors import DownloadError, InputFileError, MissingFileError, OutputError, UserError
+from ..errors import DownloadError, InputFileError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +188,6 @@ def load_model_state(
 # ---------------------------------------------------------------- writing
 CHECKPOINT_NAME = "checkpoint.pth"
 EXTRA_CHECKPOINT_EVERY = 100  # epochs, as the original (plus one at the LR drop)
-# a file being written is ``.NAME.PID-RANDOM.tmp`` beside its target, so concurrent writers never share one
-TEMPORARY_FILE = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
-NEW_FILE_MODE = 0o666  # before the umask, as open() creates files
-TEMPORARY_NAME_TRIES = 100
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -250,92 +242,8 @@ def resume_problem(checkpoint: Mapping[str, Any]) -> str | None:
     return None
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, copies: Sequence[str | Path] = (),
-                 what: str = "file") -> Path:
-    """Write ``path`` (and identical ``copies`` in the same folder) so that a crash never leaves a partial file.
-
-    ``write(f)`` fills a new temporary file beside ``path`` (a unique name: concurrent writers never share
-    one), which is flushed to disk (``fsync``) and then renamed over the target (``os.replace``, atomic),
-    copies first and ``path`` last; finally the folder is synced so the rename itself survives a power cut.
-    A target therefore holds either its old or its new content, never a mix. On any failure the
-    temporary files are removed and the targets keep their old content; an ``OSError`` (disk full,
-    read-only folder, permission denied) becomes an ``OutputError`` naming ``path`` and the reason.
-    """
-    path = Path(path)
-    temporary: list[Path] = []
-    try:
-        tmp = _new_temporary_file(path)
-        temporary.append(tmp)
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        for copy in map(Path, copies):
-            copy_tmp = _new_temporary_file(copy)
-            temporary.append(copy_tmp)
-            shutil.copyfile(tmp, copy_tmp)
-            _fsync_file(copy_tmp)
-            os.replace(copy_tmp, copy)
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    except BaseException as err:
-        for leftover in temporary:
-            leftover.unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, UserError):
-            raise OutputError(f"{Path(err.filename) if err.filename else path}: could not write the {what}: "
-                              f"{err.strerror or err}; partial files were removed and the previous {what} (if any) "
-                              "is kept") from None
-        raise
-    return path
-
-
-def _new_temporary_file(path: Path) -> Path:
-    """A new, empty ``.NAME.PID-RANDOM.tmp`` beside ``path`` (created exclusively, with the usual permissions)."""
-    for _ in range(TEMPORARY_NAME_TRIES):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE))
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_directory(folder: str | Path) -> None:
-    """Flush a folder's entries (renames, new files) to disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_partial_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder`` (``.NAME.PID-RANDOM.tmp``).
-
-    Only safe while no other process writes there (the caller holds the output folder's lock).
-    """
-    folder = Path(folder)
-    removed = [p for p in folder.iterdir() if TEMPORARY_FILE.match(p.name) and p.is_file()] if folder.is_dir() else []
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
-
-
 def save_atomic(state: dict[str, Any], path: str | Path, copies: Sequence[str | Path] = ()) -> Path:
     """``torch.save(state)`` to ``path`` (and ``copies``) through :func:`write_atomic`: atomic and durable."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, lambda f: torch.save(state, f), copies=copies, what="checkpoint")
 
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import DETRConfig
-from ..errors import DataError
+from ..config import RESUME_AUTO, DETRConfig
+from ..errors import DataError, MissingFileError
 from ..evaluation.tables import stats_dict
 from . import distributed as du
 from .checkpoint import CHECKPOINT_NAME, checkpoint_dict, non_finite_entries, write_checkpoints
@@ -77,6 +77,8 @@ def train(
     """
     device, dist_info = start_process(cfg.device, cfg.seed, cfg.dist_url)
     with claim_output_dir(cfg) as directory:
+        if cfg.eval and cfg.resume == RESUME_AUTO and not directory.resume:
+            raise MissingFileError(f"--eval --resume auto: no usable checkpoint in {directory.path} to evaluate")
         cfg = cfg.replace(resume=directory.resume)
         if cfg.eval:
             with output_errors(directory.path):

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic_write import remove_partial_files
 from ..config import RESUME_AUTO, DETRConfig
 from ..errors import OutputError
 from . import distributed as du
-from .checkpoint import CHECKPOINT_NAME, checkpoint_epoch, load_checkpoint, remove_partial_files, resume_problem
+from .checkpoint import CHECKPOINT_NAME, checkpoint_epoch, load_checkpoint, resume_problem
 from .evaluate import EVAL_DIR
 from .run_log import LOG_FILE, TENSORBOARD_DIR, prepare_output_dir
 
@@ -172,7 +173,8 @@ def describe_files(files: list[Path]) -> str:
         if path.is_dir():
             parts.append(f"{path.name}/")
         elif path.name == LOG_FILE:
-            parts.append(f"{path.name} ({_count_lines(path)} epochs)")
+            lines = _count_lines(path)
+            parts.append(f"{path.name} ({lines} epoch{'' if lines == 1 else 's'})")
         else:
             parts.append(path.name)
     return ", ".join(parts)
@@ -265,7 +267,7 @@ def claim_output_dir(cfg: DETRConfig) -> Iterator[RunDirectory]:
 
 def _decide_start(cfg: DETRConfig, output_dir: Path) -> RunDirectory:
     """The main process's half of :func:`claim_output_dir` (the lock is held)."""
-    partial = remove_partial_files(output_dir)
+    partial = remove_partial_files(output_dir) + remove_partial_files(output_dir / EVAL_DIR)
     if partial:
         log.info("removed %d partial file(s) left by an interrupted save in %s: %s", len(partial), output_dir,
                  ", ".join(p.name for p in partial))

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic_write import write_atomic
 from ..errors import OutputError
 from ..evaluation.tables import STAT_NAMES
 from . import distributed as du
-from .checkpoint import write_atomic
 
 log = logging.getLogger("torchdetr.train")
 
