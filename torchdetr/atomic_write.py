@@ -121,6 +121,7 @@ class _RecordingFile:
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
+        self.name = getattr(raw, "name", None)
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
