@@ -94,3 +94,20 @@ def test_frozen_weights_of_another_architecture_are_refused(tmp_path):
     model, _, _ = build_model(cfg)
     with pytest.raises(InputFileError, match=r"detector\.pth: weights do not fit the model: .*transformer\.encoder"):
         load_start_weights(model, cfg)
+
+
+def test_resuming_a_checkpoint_with_non_finite_values_is_refused(tmp_path):
+    from torchdetr.engine.optim import build_optimizer
+    from torchdetr.engine.start import resume_training
+
+    cfg = DETRConfig(**TINY, num_classes=6)
+    model, _, _ = build_model(cfg)
+    optimizer, scheduler, _ = build_optimizer(model, cfg)
+    state = model.state_dict()
+    state["query_embed.weight"][0, 0] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save({"model": state, "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
+                "epoch": 3}, path)
+    with pytest.raises(InputFileError, match=rf"--resume {path}: the checkpoint holds non-finite values "
+                                             r"\(model/query_embed\.weight\)"):
+        resume_training(str(path), model, optimizer, scheduler, 0)

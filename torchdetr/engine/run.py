@@ -124,23 +124,9 @@ def _train(
     result = TrainResult(model=run.model, config=cfg, output_dir=output_dir)
     run_log = RunLog(output_dir)
     try:
-        # log.txt as the checkpoint knows it; the epoch a kill left without its log row gets it now
-        saved_log = resumed.run_log or {}
-        finished = run_log.resume(saved_log.get("rows"), resumed.epoch)
-        pending = saved_log.get("pending")
-        if finished is None and pending is not None and output_dir is not None and du.is_main_process():
-            # continued in another folder: the row may be in the log of the run the checkpoint comes from
-            finished = logged_row(Path(cfg.resume).parent / LOG_FILE, resumed.epoch) if last_good else None
-            if finished is not None:
-                run_log.write(finished)
-        if du.broadcast_object(output_dir is not None and finished is None and pending is not None):
-            eval_start = time.monotonic()
-            evaluated = evaluate_epoch(print_tables=resumed.epoch == cfg.epochs - 1) if pending["evaluate"] else None
+        evaluated = _complete_log(run_log, resumed, cfg, output_dir, evaluate_epoch, run.n_parameters)
+        if evaluated is not None:
             result.eval = evaluated
-            run_log.write(epoch_row(resumed.epoch, pending["train_stats"], evaluated.loss_stats if evaluated else None,
-                                    evaluated.coco_stats if evaluated else None, run.n_parameters,
-                                    pending["train_time"] + time.monotonic() - eval_start))
-            log.info("epoch %d: log row written (the run had stopped before writing it)", resumed.epoch)
         _restore_random_state(resumed, loader_train.generator)
 
         deadline = time.monotonic() + cfg.time_budget * SECONDS_PER_MINUTE if cfg.time_budget > 0 else None
@@ -204,6 +190,39 @@ def _train(
         run_log.close()
     du.cleanup()
     return result
+
+
+def _complete_log(
+    run_log: RunLog,
+    resumed: ResumedState,
+    cfg: DETRConfig,
+    output_dir: Path | None,
+    evaluate_epoch: Callable[[bool], EvalResult],
+    n_parameters: int,
+) -> EvalResult | None:
+    """Make ``log.txt`` hold every epoch up to the resumed one exactly once (see ``RunLog.resume``).
+
+    The resumed epoch's row is taken from ``log.txt``, else from the log of the folder the checkpoint
+    comes from, else finished now from the training row the checkpoint carries (evaluating its weights
+    again when that epoch was evaluated); returns that evaluation, if any.
+    """
+    saved = resumed.run_log or {}
+    finished = run_log.resume(saved.get("rows"), resumed.epoch)
+    pending = saved.get("pending")
+    if finished is None and pending is not None and output_dir is not None and du.is_main_process():
+        source = Path(cfg.resume)  # a run continued in another folder: its own log may have the row
+        finished = logged_row(source.parent / LOG_FILE, resumed.epoch) if source.is_file() else None
+        if finished is not None:
+            run_log.write(finished)
+    if not du.broadcast_object(output_dir is not None and finished is None and pending is not None):
+        return None
+    start = time.monotonic()
+    evaluated = evaluate_epoch(resumed.epoch == cfg.epochs - 1) if pending["evaluate"] else None
+    run_log.write(epoch_row(resumed.epoch, pending["train_stats"], evaluated.loss_stats if evaluated else None,
+                            evaluated.coco_stats if evaluated else None, n_parameters,
+                            pending["train_time"] + time.monotonic() - start))
+    log.info("epoch %d: log row written (the run had stopped before writing it)", resumed.epoch)
+    return evaluated
 
 
 def _checked_state(run: RunModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
