@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "visualize": "visualize",
     "plot": "plot",
     "export": "export",
+    "serve": "serve",
     "data": "data",
     "info": "info",
 }
