@@ -77,7 +77,8 @@ async function loadModel() {
   const info = $("model-info");
   info.textContent = "";
   const name = document.createElement("b");
-  name.textContent = m.name || "model";
+  name.textContent = (m.name || "model").split(/[\\/]/).pop();
+  name.title = m.name;
   info.append(name);
   for (const text of [m.runtime, m.device, m.precision, `${m.classes.length} classes`]) {
     const chip = document.createElement("span");
@@ -132,6 +133,7 @@ async function openFile(file) {
   const size = state.result ? state.result.image : {width: image.naturalWidth, height: image.naturalHeight};
   $("image-info").textContent = `${file.name || "pasted image"} · ${size.width} × ${size.height} px`;
   $("hint").hidden = !(state.result && state.model && state.model.attention);
+  $("stage").classList.toggle("has-hint", !$("hint").hidden);
   $("download").disabled = !state.result;
   layout();
 }
@@ -146,8 +148,9 @@ function layout() {
   if (!state.image) return;
   const stage = $("stage").getBoundingClientRect();
   const margin = 24;
+  const hintSpace = $("hint").hidden ? 0 : 40;  // the hint line sits under the image
   const size = imageSize();
-  const fit = Math.min((stage.width - 2 * margin) / size.width, (stage.height - 2 * margin) / size.height);
+  const fit = Math.min((stage.width - 2 * margin) / size.width, (stage.height - 2 * margin - hintSpace) / size.height);
   const cssScale = Math.max(0.01, Math.min(fit, PAD_SCALE_LIMIT));
   const cssWidth = Math.round(size.width * cssScale);
   const cssHeight = Math.round(size.height * cssScale);
@@ -160,6 +163,7 @@ function layout() {
   }
   state.scale = $("image-canvas").width / size.width;
   drawImage();
+  renderList();
   render();
 }
 
@@ -184,12 +188,20 @@ function activeQuery() {
   return state.pinned && state.pinned.kind === "decoder" ? state.pinned.query : null;
 }
 
+// heatmap, boxes and the highlighted list entry (the list itself is rebuilt only when it changes: renderList)
 function render() {
   if (!state.image) return;
   drawHeatmap();
   drawBoxes();
-  renderList();
+  markActive();
   renderView();
+}
+
+function markActive() {
+  const active = activeQuery();
+  for (const item of document.querySelectorAll(".det")) {
+    item.classList.toggle("active", Number(item.dataset.query) === active);
+  }
 }
 
 function viridis(t) {
@@ -235,7 +247,7 @@ function drawHeatmap() {
       pixels.data[k] = r;
       pixels.data[k + 1] = g;
       pixels.data[k + 2] = b;
-      pixels.data[k + 3] = Math.round(255 * opacity * (0.25 + 0.75 * t));
+      pixels.data[k + 3] = Math.round(255 * opacity * t);
     }
   }
   gctx.putImageData(pixels, 0, 0);
@@ -306,16 +318,16 @@ function renderList() {
   const shown = visibleDetections();
   const total = state.result ? state.result.detections.length : 0;
   $("count").textContent = state.result ? `${shown.length} of ${total} queries above ${state.threshold.toFixed(2)}` : "—";
-  if (state.result && !shown.length) {
+  if (!shown.length) {
     const empty = document.createElement("li");
     empty.className = "empty";
-    empty.textContent = "No detection above the threshold: move the slider left.";
+    empty.textContent = state.result ? "No detection above the threshold: move the slider left."
+      : "Drop or choose an image to see what the model finds.";
     list.append(empty);
   }
-  const active = activeQuery();
   for (const d of shown) {
     const item = document.createElement("li");
-    item.className = "det" + (d.query === active ? " active" : "");
+    item.className = "det";
     item.dataset.query = d.query;
     const swatch = document.createElement("span");
     swatch.className = "swatch";
@@ -435,6 +447,7 @@ function setThreshold(value) {
   const pinnedGone = state.pinned && state.pinned.kind === "decoder"
     && !visibleDetections().some((d) => d.query === state.pinned.query);
   if (pinnedGone) state.pinned = null;
+  renderList();
   render();
 }
 
