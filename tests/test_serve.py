@@ -488,7 +488,19 @@ def test_an_exported_model_detects_but_has_no_attention(checkpoint, picture):
         assert response.status_code == 501 and "ONNX" in response.json()["detail"]
 
 
-def test_attention_cache_keeps_the_latest_images(detector):
+def test_clicks_on_the_same_image_reuse_its_attention_maps(detector, picture):
+    with TestClient(create_app(detector)) as client:
+        data = png_bytes(picture)
+        first = post_image(client, data, route="/v1/attention", points="10,10", decoder="false").json()
+        again = post_image(client, data, route="/v1/attention", points="100,50", decoder="false").json()
+        other = post_image(client, png_bytes(random_image(96, 128, seed=11)), route="/v1/attention").json()
+        metrics = client.get("/metrics").text
+    assert first["points"][0]["encoder"]["values"] != again["points"][0]["encoder"]["values"]
+    assert other["detections"] != first["detections"]
+    assert 'detr_inference_seconds_count{task="attention"} 2.0' in metrics  # 3 requests, 2 images, 2 forward passes
+
+
+def test_attention_cache_keeps_the_latest_images():
     from torchdetr.serve.service import AttentionCache
 
     cache = AttentionCache(2)

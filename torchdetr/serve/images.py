@@ -10,7 +10,6 @@ no RGB meaning → 422).
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 
@@ -58,15 +57,13 @@ class UploadError(Exception):
 
 @dataclass(frozen=True)
 class InspectedUpload:
-    """An upload whose header was read: ``width`` × ``height`` as stored, Pillow ``format`` and ``mode``,
-    and ``digest`` (SHA-256 of the bytes, to recognise the same picture sent again)."""
+    """An upload whose header was read: ``width`` × ``height`` as stored, Pillow ``format`` and ``mode``."""
 
     data: bytes
     width: int
     height: int
     format: str | None
     mode: str
-    digest: str
 
 
 def inspect_upload(data: bytes, max_pixels: int) -> InspectedUpload:
@@ -83,7 +80,7 @@ def inspect_upload(data: bytes, max_pixels: int) -> InspectedUpload:
     if width * height > max_pixels:
         raise UploadError(PAYLOAD_TOO_LARGE, f"image of {width} x {height} = {width * height:,} pixels is over the limit "
                                              f"of {max_pixels:,} pixels (--max_pixels)")
-    return InspectedUpload(data, width, height, image_format, mode, hashlib.sha256(data).hexdigest())
+    return InspectedUpload(data, width, height, image_format, mode)
 
 
 def decode_upload(upload: InspectedUpload) -> Image.Image:

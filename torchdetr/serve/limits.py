@@ -19,8 +19,8 @@ class BodyTooLarge(HTTPException):
     """A request body larger than the server's limit (rendered as 413 ``{"detail": ...}``)."""
 
     def __init__(self, limit_bytes: int, declared: int | None = None) -> None:
-        size = f"{declared:,} bytes" if declared is not None else "more"
-        super().__init__(PAYLOAD_TOO_LARGE, f"request body of {size} is over the limit of {limit_bytes:,} bytes "
+        size = f" of {declared:,} bytes" if declared is not None else ""
+        super().__init__(PAYLOAD_TOO_LARGE, f"request body{size} is over the limit of {limit_bytes:,} bytes "
                                             f"(--max_upload_mb {limit_bytes / 2**20:g})")
 
 

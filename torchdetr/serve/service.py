@@ -8,6 +8,7 @@ the upload) because the web page asks again for every click on a pixel.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -149,11 +150,12 @@ class DetectionService:
         }
 
     def _maps(self, upload: InspectedUpload) -> AttentionMaps:
-        maps = self.cache.get(upload.digest)
+        digest = hashlib.sha256(upload.data).hexdigest()  # the same picture sent again (the page, on every click)
+        maps = self.cache.get(digest)
         if maps is None:
             image = decode_upload(upload)
             start = time.perf_counter()
             maps = self.detector.attention(image, threshold=ALL_QUERIES)
             self.metrics.inference.labels("attention").observe(time.perf_counter() - start)
-            self.cache.put(upload.digest, maps)
+            self.cache.put(digest, maps)
         return maps
