@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import struct
 import threading
 import time
@@ -528,6 +529,13 @@ def test_cli_refuses_bad_options_in_one_line(capsys, checkpoint):
         assert main(["serve", *flags]) == 2, flags
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(checkpoint), "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--port {port}: cannot listen there" in err and len(err.splitlines()) == 1, err
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     help_text = capsys.readouterr().out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 from ..errors import ConfigError, MissingExtraError, UserError
 
@@ -85,6 +86,17 @@ def _detector(args: argparse.Namespace):
         raise UserError(str(err)) from None
 
 
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address that cannot be bound (port in use, unknown host) in one line, before loading the model."""
+    try:
+        family, kind, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as err:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -98,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.host in WILDCARD_HOSTS and settings.api_key is None:
         log.warning("--host %s: the server is reachable from the network without an API key (--api_key)", args.host)
+    _check_address(args.host, args.port)
     app = create_app(_detector(args), settings)
+    log.info("serving %s: the page at http://%s:%d/ , API docs at /docs", settings.model_name,
+             f"[{args.host}]" if ":" in args.host else args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False,
                 server_header=False, timeout_graceful_shutdown=5)
     return 0
