@@ -448,8 +448,11 @@ def test_attention_maps_equal_the_detectors(client, detector, picture):
         assert sum(map(sum, decoder["values"])) == pytest.approx(1, abs=1e-4)  # softmax over the cells
         x1, y1, x2, y2 = decoder["extent"]
         assert (x1, y1) == (0, 0) and x2 >= 128 and y2 >= 96 and x2 - 128 < 32 * 128 / maps.input_size[1]
-        png = Image.open(io.BytesIO(base64.b64decode(decoder["png"].split(",", 1)[1])))
-        assert png.size == (w, h)
+        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(decoder["png"].split(",", 1)[1]))).convert("RGB"))
+        assert png.shape == (h, w, 3)
+        values = np.asarray(decoder["values"])  # viridis: the minimum dark purple, the maximum yellow
+        assert tuple(png.reshape(-1, 3)[values.argmin()]) == (68, 1, 84)
+        assert tuple(png.reshape(-1, 3)[values.argmax()]) == (253, 231, 37)
     for (x, y), at in zip(points, answer["points"]):
         assert (at["x"], at["y"]) == (x, y)
         assert at["cell"] == list(maps.feature_cell(x, y))

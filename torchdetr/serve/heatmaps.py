@@ -26,9 +26,9 @@ def grid_extent(maps: AttentionMaps) -> list[float]:
 
 
 def heatmap_png(values: np.ndarray) -> str:
-    """[h, w] map → ``data:image/png;base64,...`` of h x w pixels (colormap scaled to the map's maximum)."""
-    peak = float(values.max()) if values.size else 0.0
-    normalised = values / peak if peak > 0 else np.zeros_like(values)
+    """[h, w] map → ``data:image/png;base64,...`` of h x w pixels (colormap from the map's minimum to its maximum)."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    normalised = (values - low) / (high - low) if high > low else np.zeros_like(values)
     rgba = (colormaps[HEATMAP_CMAP](normalised) * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG")

@@ -231,8 +231,9 @@ function drawHeatmap() {
     : `encoder:${state.pinned.x.toFixed(1)},${state.pinned.y.toFixed(1)}`;
   if (!map) return;
   const [h, w] = map.shape;
-  let peak = 0;
-  for (const row of map.values) for (const v of row) peak = Math.max(peak, v);
+  // colours and opacity from the map's minimum (transparent) to its maximum (opaque yellow), as imshow scales
+  let low = Infinity, high = -Infinity;
+  for (const row of map.values) for (const v of row) { low = Math.min(low, v); high = Math.max(high, v); }
   const grid = document.createElement("canvas");
   grid.width = w;
   grid.height = h;
@@ -241,7 +242,7 @@ function drawHeatmap() {
   const opacity = parseFloat($("opacity").value);
   for (let i = 0; i < h; i++) {
     for (let j = 0; j < w; j++) {
-      const t = peak > 0 ? map.values[i][j] / peak : 0;
+      const t = high > low ? (map.values[i][j] - low) / (high - low) : 0;
       const [r, g, b] = viridis(t);
       const k = 4 * (i * w + j);
       pixels.data[k] = r;
@@ -268,8 +269,10 @@ function drawBoxes() {
   ctx.font = `600 ${LABEL_FONT_PX * ratio}px system-ui, sans-serif`;
   ctx.textBaseline = "middle";
   state.labels = [];
-  // lowest scores first, so the most confident boxes and labels end on top
-  for (const d of visibleDetections().slice().reverse()) {
+  // lowest scores first, so the most confident boxes and labels end on top; the active one above all
+  const order = visibleDetections().slice().reverse();
+  order.sort((a, b) => (a.query === active) - (b.query === active));
+  for (const d of order) {
     const [x1, y1, x2, y2] = d.box.map((v) => v * state.scale);
     const color = colorOf(d.label);
     const isActive = d.query === active;
