@@ -327,6 +327,72 @@ def test_full_queue_answers_503_with_retry_after_and_healthz_answers_during_infe
         assert post_image(client, data).status_code == 200
 
 
+def test_workers_run_detections_side_by_side_and_attention_alone():
+    from torchdetr.serve.worker import InferenceQueue, ModelAccess
+
+    both = threading.Barrier(2, timeout=10)  # passes only when two jobs run at once
+    queue = InferenceQueue(capacity=4, workers=2)
+
+    async def two_jobs():
+        return await asyncio.gather(queue.run(both.wait), queue.run(both.wait))
+
+    assert sorted(asyncio.run(two_jobs())) == [0, 1]
+    queue.close()
+
+    access, events = ModelAccess(), []
+    in_shared, release_shared = threading.Event(), threading.Event()
+
+    def detection():
+        with access.shared():
+            events.append("shared start")
+            in_shared.set()
+            assert release_shared.wait(10)
+            events.append("shared end")
+
+    def capture():
+        with access.exclusive():
+            events.append("exclusive")
+
+    reader = threading.Thread(target=detection)
+    reader.start()
+    assert in_shared.wait(10)
+    writer = threading.Thread(target=capture)
+    writer.start()
+    time.sleep(0.2)  # the capture waits for the running detection (an ordering check, not a timing one)
+    assert events == ["shared start"]
+    release_shared.set()
+    reader.join(10)
+    writer.join(10)
+    assert events == ["shared start", "shared end", "exclusive"]
+
+
+def test_concurrent_requests_with_two_workers_get_their_own_answers(detector):
+    images = [random_image(96, 128, seed=20 + i) for i in range(6)]
+    wanted_maps = [detector.attention(image, threshold=0.0) for image in images]
+    wanted_detections = [expected(detector, image) for image in images]
+    # every pass lingers after its attention layers: another pass's layers then run while a capture is open
+    slow = detector.model.transformer.register_forward_hook(lambda *_: time.sleep(0.05))
+    with TestClient(create_app(detector, ServeSettings(workers=2, queue=16))) as client:
+        answers: dict[tuple[str, int], dict] = {}
+
+        def call(kind: str, index: int) -> None:
+            route = "/v1/attention" if kind == "attention" else "/v1/detect"
+            params = {"threshold": 0.0} if kind == "attention" else {}
+            response = post_image(client, png_bytes(images[index]), route=route, **params)
+            answers[kind, index] = response.json()
+
+        threads = [threading.Thread(target=call, args=(kind, i)) for i in range(6) for kind in ("detect", "attention")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    slow.remove()
+    for i in range(6):
+        assert_same_detections(answers["detect", i]["detections"], wanted_detections[i])
+        for d in answers["attention", i]["detections"]:  # a capture polluted by another image's pass would differ
+            np.testing.assert_allclose(d["decoder"]["values"], wanted_maps[i].decoder[d["query"]].numpy(), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- auth, CORS, files
 def test_api_key_is_required_on_the_api_when_set(detector, picture):
     data = png_bytes(picture)
@@ -385,7 +451,7 @@ def test_model_info(client, detector):
     assert info["precision"] == "float32" and info["attention"] is True and info["threshold"] == detector.threshold
     assert {c["id"]: c["name"] for c in info["classes"]} == NAMES
     assert info["input_size"] == {"shorter_side": 128, "max_size": detector.max_size}
-    assert info["limits"] == {"max_upload_mb": 20.0, "max_pixels": 40_000_000, "queue": 16}
+    assert info["limits"] == {"max_upload_mb": 20.0, "max_pixels": 40_000_000, "queue": 16, "workers": 1}
     assert all(len(c) == 7 and c.startswith("#") for c in info["palette"])
 
 
@@ -523,6 +589,8 @@ def test_cli_refuses_bad_options_in_one_line(capsys, checkpoint):
     cases = [
         ([], "give either --model"),
         (["--model", str(checkpoint), "--queue", "0"], "--queue must be at least 1"),
+        (["--model", str(checkpoint), "--workers", "0"], "--workers must be at least 1"),
+        (["--model", str(checkpoint), "--workers", "3", "--queue", "2"], "--workers 3 is more than --queue 2"),
         (["--model", str(checkpoint), "--threshold", "1"], "--threshold must be in [0, 1)"),
         (["--model", str(checkpoint), "--max_upload_mb", "0"], "--max_upload_mb must be positive"),
         (["--model", str(checkpoint), "--port", "70000"], "--port must be in 0..65535"),
@@ -543,5 +611,5 @@ def test_cli_refuses_bad_options_in_one_line(capsys, checkpoint):
         main(["serve", "--help"])
     help_text = capsys.readouterr().out
     for flag in ("--model", "--onnx", "--host", "--port", "--device", "--threshold", "--max_upload_mb", "--max_pixels",
-                 "--queue", "--api_key", "--cors"):
+                 "--queue", "--workers", "--api_key", "--cors"):
         assert flag in help_text

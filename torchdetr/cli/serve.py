@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
         DEFAULT_MAX_UPLOAD_MB,
         DEFAULT_PORT,
         DEFAULT_QUEUE,
+        DEFAULT_WORKERS,
     )
 
     p = subparsers.add_parser(
@@ -49,7 +50,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max_pixels", type=float, default=DEFAULT_MAX_PIXELS,
                    help=f"images with more pixels are refused with 413 before decoding (default {DEFAULT_MAX_PIXELS:.0e})")
     p.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
-                   help=f"requests admitted at once (one runs, the rest wait); more → 503 (default {DEFAULT_QUEUE})")
+                   help=f"requests admitted at once (--workers run, the rest wait); more → 503 (default {DEFAULT_QUEUE})")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"inference threads (default {DEFAULT_WORKERS}: one model call at a time, right for a model that "
+                        "fills the CPU or GPU; 2+ can help small models)")
     p.add_argument("--api_key", help=f"require this key (Authorization: Bearer KEY or X-API-Key) on /v1/* and /metrics; "
                    f"default: ${API_KEY_VARIABLE} when set")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
@@ -65,7 +69,7 @@ def _settings(args: argparse.Namespace):
     if args.max_pixels != int(args.max_pixels):
         raise ConfigError(f"--max_pixels must be a whole number, got {args.max_pixels}")
     return ServeSettings(
-        max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels), queue=args.queue,
+        max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels), queue=args.queue, workers=args.workers,
         api_key=api_key_from_environment(args.api_key), cors_origins=tuple(args.cors),
         model_name=str(args.model or args.onnx),
     )

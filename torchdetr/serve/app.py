@@ -2,7 +2,7 @@
 
 Middleware, outermost first: Prometheus metrics (every request counted, refusals included), CORS
 (only with ``--cors``), the streaming body-size limit; then the routes (``routes.py``) and the page's
-static files under ``/static``. The detector is used from one worker thread (``worker.py``).
+static files under ``/static``. The detector is used from ``settings.workers`` inference threads (``worker.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def create_app(detector: Detector, settings: ServeSettings | None = None) -> Fas
     """An ASGI application serving ``detector`` with the limits of ``settings`` (defaults: ``ServeSettings()``)."""
     settings = settings or ServeSettings()
     metrics = ServeMetrics(settings.queue)
-    queue = InferenceQueue(settings.queue, on_depth=metrics.queue_depth.set)
+    queue = InferenceQueue(settings.queue, on_depth=metrics.queue_depth.set, workers=settings.workers)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -28,8 +28,8 @@ class AttentionMapOut(BaseModel):
     shape: list[int] = Field(description="[h, w]: the feature grid (the image / 32, or / 16 for DC5 models)")
     extent: list[float] = Field(description="[x1, y1, x2, y2]: the image pixels the grid covers (stretch the map to it)")
     values: list[list[float]] = Field(description="[h, w] attention weights (rows of cells)")
-    png: str | None = Field(None, description="data:image/png;base64 heatmap of the map (viridis, from its minimum to its maximum), "
-                                              "when asked with png=true")
+    png: str | None = Field(None, description="data:image/png;base64 heatmap of the map (viridis, from its minimum "
+                                              "to its maximum), when asked with png=true")
 
 
 class DetectionAttention(DetectionOut):
@@ -69,6 +69,7 @@ class Limits(BaseModel):
     max_upload_mb: float
     max_pixels: int
     queue: int
+    workers: int
 
 
 class ModelInfo(BaseModel):

@@ -25,6 +25,7 @@ from .heatmaps import grid_extent, map_json
 from .images import UNPROCESSABLE, InspectedUpload, UploadError, decode_upload
 from .metrics import ServeMetrics
 from .settings import ServeSettings
+from .worker import ModelAccess
 
 ALL_QUERIES = 0.0  # threshold that keeps every query (attention maps are computed once, filtered per request)
 
@@ -69,13 +70,14 @@ def detection_json(detection: Detection) -> dict:
 
 
 class DetectionService:
-    """Detections and attention maps of uploaded images (every method runs in the worker thread)."""
+    """Detections and attention maps of uploaded images (every method runs in an inference thread)."""
 
     def __init__(self, detector: Detector, settings: ServeSettings, metrics: ServeMetrics) -> None:
         self.detector = detector
         self.settings = settings
         self.metrics = metrics
         self.cache = AttentionCache(settings.attention_cache)
+        self.access = ModelAccess()  # detections side by side; an attention capture (hooks) alone
 
     @property
     def supports_attention(self) -> bool:
@@ -102,14 +104,14 @@ class DetectionService:
             "classes": [{"id": k, "name": v} for k, v in sorted(detector.category_names.items())],
             "palette": ["#{:02x}{:02x}{:02x}".format(*color) for color in PALETTE],
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels,
-                       "queue": settings.queue},
+                       "queue": settings.queue, "workers": settings.workers},
         }
 
     def detect(self, upload: InspectedUpload, threshold: float | None) -> dict:
         """Decode and detect → the ``DetectResponse`` dict (``detector.detect`` on the upright RGB image)."""
         image = decode_upload(upload)
         start = time.perf_counter()
-        with torch.inference_mode():
+        with self.access.shared(), torch.inference_mode():
             detections = self.detector.detect([image], threshold)[0]
         self.metrics.inference.labels("detect").observe(time.perf_counter() - start)
         return {"image": {"width": image.width, "height": image.height},
@@ -155,7 +157,8 @@ class DetectionService:
         if maps is None:
             image = decode_upload(upload)
             start = time.perf_counter()
-            maps = self.detector.attention(image, threshold=ALL_QUERIES)
+            with self.access.exclusive():
+                maps = self.detector.attention(image, threshold=ALL_QUERIES)
             self.metrics.inference.labels("attention").observe(time.perf_counter() - start)
             self.cache.put(digest, maps)
         return maps
