@@ -5,7 +5,8 @@ Each scenario starts a server process on a free loopback port, sends ``--request
 load, samples the server's memory (RSS), and reports latency percentiles, throughput, status counts
 and the slowest ``/healthz`` answer. Scenarios:
 
-- ``detr serve``: the server as shipped (one inference thread, bounded queue of ``--queue``);
+- ``detr serve``: the server as shipped (one inference thread, bounded queue of ``--queue``), and with
+  ``--workers 2`` (two model calls side by side);
 - ``detr serve, small queue``: ``--queue`` smaller than the number of clients: the surplus is refused
   with 503 + Retry-After at once (deliberate), and memory stays bounded;
 - ``FastAPI threadpool``: the same detector in a plain ``def`` route, which FastAPI runs in its
@@ -17,8 +18,9 @@ The baseline is ``Detector.detect`` called directly in this process, one request
 (no HTTP), with the same number of torch threads as the servers: throughput ratios against it show
 what HTTP, decoding and queueing cost.
 
-    python benchmarks/serve_load.py                                  # tiny random model, writes the table
-    python benchmarks/serve_load.py --clients 16 --requests 400 --output ''
+    python benchmarks/serve_load.py                                  # tiny model (random weights), ~1.5 min
+    python benchmarks/serve_load.py --models tiny r50                # + the R50 architecture at 320 px, ~5 min
+    python benchmarks/serve_load.py --models tiny --clients 16 --requests 400 --output ''
 """
 
 from __future__ import annotations
@@ -250,65 +252,87 @@ def table(results: list[Result], baseline_s: float, baseline_requests: int) -> s
     return "\n".join(lines)
 
 
+MODELS: dict[str, tuple[dict, str]] = {
+    # the test suite's tiny model: overhead-dominated, does not fill two cores
+    "tiny": ({}, "the tests' tiny model (resnet18, hidden 32, 1+1 layers, 10 queries), input 128 px"),
+    # the official detr_resnet50 architecture at a smaller input: one call fills the CPU
+    "r50": (dict(backbone="resnet50", hidden_dim=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048,
+                 num_queries=100, num_classes=91, image_size=320),
+            "the detr_resnet50 architecture (6+6 layers, 100 queries), input 320 px"),
+}
+SCALE_DOWN = {"tiny": 1, "r50": 4}  # fewer requests and clients for the slower model
+
+
+def scenarios(model: str, queue: int, small_queue: int) -> list[tuple[str, list[str]]]:
+    """(name, command without the port) of each scenario."""
+    serve = [sys.executable, "-m", "torchdetr.cli", "serve", "--model", model, "--device", "cpu", "--threshold", "0.5",
+             "--log_level", "warning"]
+    variant = [sys.executable, str(Path(__file__).resolve()), "--variant"]
+    return [
+        (f"`detr serve --queue {queue}`", [*serve, "--queue", str(queue)]),
+        (f"`detr serve --queue {queue} --workers 2`", [*serve, "--queue", str(queue), "--workers", "2"]),
+        (f"`detr serve --queue {small_queue}` (503 by design)", [*serve, "--queue", str(small_queue)]),
+        ("FastAPI `def` route (threadpool, no queue limit)", [*variant, "threadpool", model]),
+        ("FastAPI `async def` route (model on the event loop)", [*variant, "event_loop", model]),
+    ]
+
+
+def with_port(command: list[str], port: int) -> list[str]:
+    return [*command, str(port)] if "--variant" in command else [*command, "--port", str(port)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
-    parser.add_argument("--requests", type=int, default=100, help="requests per scenario (default 100)")
-    parser.add_argument("--event_loop_requests", type=int, default=25,
-                        help="requests of the (slow) model-on-the-event-loop scenario (default 25)")
+    parser.add_argument("--models", nargs="+", default=["tiny"], choices=list(MODELS),
+                        help="models to serve, random weights (default: tiny; r50 takes a few minutes more)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8; r50: a quarter)")
+    parser.add_argument("--requests", type=int, default=100, help="requests per scenario (default 100; r50: a quarter)")
     parser.add_argument("--queue", type=int, default=16, help="--queue of the shipped server (default 16)")
-    parser.add_argument("--small_queue", type=int, default=2, help="--queue of the small-queue scenario (default 2)")
-    parser.add_argument("--model", help="checkpoint (default: the tests' tiny model with random weights)")
+    parser.add_argument("--small_queue", type=int, default=1, help="--queue of the small-queue scenario (default 1)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serve.md"),
                         help="Markdown file to write ('' = print only)")
     args = parser.parse_args()
 
+    buffer = io.BytesIO()
+    random_image(*IMAGE_SIZE, seed=0).save(buffer, format="JPEG", quality=90)
+    image = buffer.getvalue()
+    load_before = os.getloadavg()
+    sections = []
     with tempfile.TemporaryDirectory() as folder:
-        model = args.model or str(write_tiny_checkpoint(Path(folder) / "tiny.pth"))
-        buffer = io.BytesIO()
-        random_image(*IMAGE_SIZE, seed=0).save(buffer, format="JPEG", quality=90)
-        image = buffer.getvalue()
-        load_before = os.getloadavg()
-        torch.set_num_threads(torch.get_num_threads())
-        baseline_requests = max(20, args.requests // 2)
-        baseline_s = baseline(model, image, baseline_requests)
-        serve = [sys.executable, "-m", "torchdetr.cli", "serve", "--model", model, "--device", "cpu", "--threshold", "0.5",
-                 "--log_level", "warning", "--port"]
-        variant = [sys.executable, str(Path(__file__).resolve()), "--variant"]
-        scenarios = [
-            (f"`detr serve --queue {args.queue}`", lambda p: [*serve, str(p), "--queue", str(args.queue)]),
-            (f"`detr serve --queue {args.small_queue}` (503 by design)",
-             lambda p: [*serve, str(p), "--queue", str(args.small_queue)]),
-            ("FastAPI `def` route (threadpool, no queue limit)", lambda p: [*variant, "threadpool", model, str(p)]),
-            ("FastAPI `async def` route (model on the event loop)", lambda p: [*variant, "event_loop", model, str(p)]),
-        ]
-        results = []
-        for name, command in scenarios:
-            port = free_port()
-            count = args.event_loop_requests if "event loop" in name else args.requests
-            results.append(run_scenario(name, command(port), port, image, args.clients, count))
-            print(f"{name}: {dict(results[-1].statuses)} in {results[-1].wall_s:.1f} s", flush=True)
-        load_after = os.getloadavg()
+        for key in args.models:
+            overrides, description = MODELS[key]
+            model = str(write_tiny_checkpoint(Path(folder) / f"{key}.pth", **overrides))
+            requests = max(4, args.requests // SCALE_DOWN[key])
+            clients = max(2, args.clients // SCALE_DOWN[key])
+            baseline_requests = max(8, requests // 2)
+            baseline_s = baseline(model, image, baseline_requests)
+            results = []
+            for name, command in scenarios(model, args.queue, args.small_queue):
+                port = free_port()
+                count = max(4, requests // 4) if "event loop" in name else requests
+                results.append(run_scenario(name, with_port(command, port), port, image, clients, count))
+                print(f"{key}, {name}: {dict(results[-1].statuses)} in {results[-1].wall_s:.1f} s", flush=True)
+            sections += [f"## {key}: {description}", "",
+                         f"{clients} concurrent clients, {requests} requests per scenario "
+                         f"({max(4, requests // 4)} for the event-loop one).", "",
+                         table(results, baseline_s, baseline_requests), ""]
+    load_after = os.getloadavg()
 
-    model_text = args.model or ("the tests' tiny model with random weights (resnet18, hidden 32, 1+1 layers, 10 queries, "
-                                "input 128 px)")
+    command = " ".join(["python benchmarks/serve_load.py", *sys.argv[1:]])
     text = "\n".join([
         "# Serving: `detr serve` under concurrent load (loopback)",
         "",
-        f"Produced by `python benchmarks/serve_load.py` ({args.clients} concurrent clients, {args.requests} POST /v1/detect "
-        f"per scenario, one {IMAGE_SIZE[1]}×{IMAGE_SIZE[0]} JPEG of {len(image) // 1024} KB as the raw body; "
-        f"{model_text}; "
-        f"/healthz polled every {HEALTH_PERIOD_S * 1000:.0f} ms during the load; server RSS sampled every "
-        f"{MEMORY_PERIOD_S * 1000:.0f} ms). Baseline: `Detector.detect` called in the benchmark process, one request "
-        "after the other, decoding included.",
+        f"Produced by `{command}`: POST /v1/detect with one {IMAGE_SIZE[1]}×{IMAGE_SIZE[0]} JPEG "
+        f"of {len(image) // 1024} KB as the raw body, random weights; /healthz polled every {HEALTH_PERIOD_S * 1000:.0f} ms "
+        f"during the load; server RSS sampled every {MEMORY_PERIOD_S * 1000:.0f} ms. Baseline: `Detector.detect` called "
+        "in the benchmark process, one request after the other, decoding included, from one worker thread as in the server.",
         "",
         f"- machine: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with {torch.get_num_threads()} "
         f"threads, Python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; after: "
         f"{', '.join(f'{v:.1f}' for v in load_after)} (a machine shared with other jobs: absolute numbers are noisy)",
         "",
-        table(results, baseline_s, baseline_requests),
-        "",
+        *sections,
         "Latency: from sending a request to its full answer, as a client sees it (waiting in the queue included). "
         "answers/s counts every answer (a 503 is answered at once); 200/s only detections; vs direct = 200/s × the "
         "baseline's seconds per request. /healthz max: the slowest health check during the load.",
