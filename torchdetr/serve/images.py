@@ -13,33 +13,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..data.io import to_upright_rgb
 from ..errors import DataError
-
-try:
-    from ..data.io import to_upright_rgb  # the one image loader (EXIF orientation, modes → RGB)
-except ImportError:  # TEMPORARY: until data/io.py is merged; the same rules for the modes the server meets
-    _SIXTEEN_BIT_SCALE = 255 / 65535
-
-    def to_upright_rgb(image: Image.Image, source: str = "image") -> Image.Image:
-        """Upright (EXIF) 8-bit RGB: 16-bit x 255/65535, alpha over white, palette/CMYK/grey by Pillow."""
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            values = np.asarray(image).astype(np.float64)
-            if values.size and (values.min() < 0 or values.max() > 65535):
-                raise DataError(f"{source}: 32-bit integer pixels outside 0..65535 have no 8-bit scale")
-            return Image.fromarray(np.rint(values * _SIXTEEN_BIT_SCALE).astype(np.uint8), mode="L").convert("RGB")
-        if image.mode == "F":
-            raise DataError(f"{source}: images of mode F (32-bit float) are not supported")
-        if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-        try:
-            return image.convert("RGB")
-        except (ValueError, OSError) as err:
-            raise DataError(f"{source}: images of mode {image.mode} cannot be converted to RGB ({err})") from None
 
 UNSUPPORTED_MEDIA_TYPE = 415
 UNPROCESSABLE = 422
