@@ -540,6 +540,8 @@ def test_attention_refuses_bad_points(client, picture):
         response = post_image(client, data, route="/v1/attention", points=bad)
         assert response.status_code == 422 and "is not 'x,y'" in response.json()["detail"], bad
     assert post_image(client, data, route="/v1/attention", direction="sideways").status_code == 422
+    too_many = post_image(client, data, route="/v1/attention", points=";".join(["1,1"] * 65))
+    assert too_many.status_code == 422 and "at most 64" in too_many.json()["detail"]
 
 
 def test_an_exported_model_detects_but_has_no_attention(checkpoint, picture):

@@ -30,6 +30,7 @@ PAGE_SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+MAX_POINTS = 64  # encoder maps per request (each is an h x w grid in the answer)
 POINT_PATTERN = re.compile(r"^\s*(-?\d+(?:\.\d*)?)\s*,\s*(-?\d+(?:\.\d*)?)\s*$")
 
 ERROR_RESPONSES = {
@@ -105,6 +106,8 @@ def parse_points(values: list[str]) -> list[Point]:
             if match is None:
                 raise UploadError(UNPROCESSABLE, f"points: {item!r} is not 'x,y' (pixel coordinates, e.g. points=120,80)")
             points.append(Point(float(match.group(1)), float(match.group(2))))
+    if len(points) > MAX_POINTS:
+        raise UploadError(UNPROCESSABLE, f"points: {len(points)} given, at most {MAX_POINTS} per request")
     return points
 
 
