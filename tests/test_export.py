@@ -8,6 +8,8 @@ module (they take seconds each) on tiny models: resnet18, 1+1 layers, 5 queries.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -16,7 +18,11 @@ import torch
 
 from torchdetr.cli import main
 from torchdetr.config import DETRConfig
-from torchdetr.inference import export
+from torchdetr.errors import ConfigError, DownloadError, InputFileError
+from torchdetr.inference import export, export_contract, verify
+from torchdetr.inference.export_contract import BOX_OUTPUTS
+from torchdetr.inference.runtimes import OnnxRunner, load_exported
+from torchdetr.inference.verify import verify_export
 from torchdetr.models.build import build_detector
 from torchdetr.models.postprocess import PostProcess
 from torchdetr.structures import nested_tensor_from_tensor_list
@@ -86,7 +92,7 @@ def segmentation_model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def detection_onnx(detection_model, tmp_path_factory) -> tuple[Path, float | None]:
+def detection_onnx(detection_model, tmp_path_factory) -> tuple[Path, verify.ExportCheck | None]:
     path = tmp_path_factory.mktemp("onnx") / "detr.onnx"
     return path, export.export_onnx(detection_model, path, sample_size=SAMPLE)
 
@@ -101,19 +107,20 @@ def segmentation_onnx(segmentation_model, tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------------------- ONNX
 def test_onnx_detection_round_trip(detection_model, detection_onnx):
     path, reported = detection_onnx
-    assert reported is not None and 0 <= reported < TOL
-    runner = export.OnnxRunner(path)
+    assert reported is not None and reported.passed and 0 <= reported.worst < TOL
+    assert set(reported.differences) == set(BOX_OUTPUTS)
+    runner = OnnxRunner(path)
     assert runner.output_names == ("pred_logits", "pred_boxes") and not runner.has_masks
     assert runner.input_shape == ("batch", 3, "height", "width")
     for sizes in CASES:
-        _assert_close_to_eager(detection_model, runner, sizes, export.BOX_OUTPUTS)
+        _assert_close_to_eager(detection_model, runner, sizes, BOX_OUTPUTS)
 
 
 def test_onnx_segmentation_round_trip(segmentation_model, segmentation_onnx):
-    runner = export.OnnxRunner(segmentation_onnx)
+    runner = OnnxRunner(segmentation_onnx)
     assert runner.has_masks and runner.metadata["torchdetr.masks"] == "true"
     for sizes in CASES[:2]:
-        _assert_close_to_eager(segmentation_model, runner, sizes, (*export.BOX_OUTPUTS, "pred_masks"))
+        _assert_close_to_eager(segmentation_model, runner, sizes, (*BOX_OUTPUTS, "pred_masks"))
     out = runner(_images((70, 90)))
     assert out["pred_masks"].shape == (1, 5, 18, 23)  # ceil(H/4), ceil(W/4)
 
@@ -123,7 +130,7 @@ def test_onnx_runner_with_postprocess_matches_eager(detection_model, detection_o
     sizes = torch.tensor([[480, 640], [600, 410]])
     with torch.no_grad():
         expected = PostProcess()(detection_model(images), sizes)
-    got = PostProcess()(export.OnnxRunner(detection_onnx[0])(images), sizes)
+    got = PostProcess()(OnnxRunner(detection_onnx[0])(images), sizes)
     for e, g in zip(expected, got, strict=True):
         assert torch.equal(e["labels"], g["labels"])
         torch.testing.assert_close(g["scores"], e["scores"], atol=TOL, rtol=0)
@@ -131,7 +138,7 @@ def test_onnx_runner_with_postprocess_matches_eager(detection_model, detection_o
 
 
 def test_onnx_runner_accepts_tensor_and_reports_metadata(detection_model, detection_onnx):
-    runner = export.OnnxRunner(detection_onnx[0])
+    runner = OnnxRunner(detection_onnx[0])
     images = torch.stack(_images((50, 70), (50, 70)))
     with torch.no_grad():
         expected = detection_model(images)
@@ -143,21 +150,21 @@ def test_onnx_runner_accepts_tensor_and_reports_metadata(detection_model, detect
 
 def test_onnx_runner_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.onnx"):
-        export.OnnxRunner(tmp_path / "missing.onnx")
+        OnnxRunner(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"junk\.onnx"):
-        export.OnnxRunner(junk)
+        OnnxRunner(junk)
 
 
 def test_static_onnx_export_fixes_the_shape(detection_model, tmp_path):
     path = tmp_path / "static.onnx"
-    diff = export.export_onnx(detection_model, path, sample_size=SAMPLE, dynamic=False)
-    assert diff is not None and diff < TOL
-    runner = export.OnnxRunner(path)
+    check = export.export_onnx(detection_model, path, sample_size=SAMPLE, dynamic=False)
+    assert check is not None and check.passed
+    runner = OnnxRunner(path)
     assert runner.input_shape == (1, 3, *SAMPLE)
-    _assert_close_to_eager(detection_model, runner, [SAMPLE], export.BOX_OUTPUTS)
-    with pytest.raises(ValueError, match="fixed input shape"):
+    _assert_close_to_eager(detection_model, runner, [SAMPLE], BOX_OUTPUTS)
+    with pytest.raises(InputFileError, match="fixed input shape"):
         runner(_images((70, 90)))
 
 
@@ -173,17 +180,17 @@ def test_wrapper_rejects_mismatched_mask(detection_model):
     wrapper = export.ExportWrapper(detection_model)
     with pytest.raises(ValueError, match=r"mask \[B, H, W\]"):
         wrapper(torch.zeros(1, 3, 64, 64), torch.zeros(1, 32, 64, dtype=torch.bool))
-    with pytest.raises(ValueError, match="DETR and DETRsegm"):
+    with pytest.raises(ConfigError, match="DETR and DETRsegm"):
         export.ExportWrapper(torch.nn.Linear(2, 2))
 
 
 # ------------------------------------------------------------------------ TorchScript, torch.export
 def test_torchscript_round_trip(detection_model, segmentation_model, tmp_path):
-    for name, model, names in (("det", detection_model, export.BOX_OUTPUTS),
-                               ("segm", segmentation_model, (*export.BOX_OUTPUTS, "pred_masks"))):
+    for name, model, names in (("det", detection_model, BOX_OUTPUTS),
+                               ("segm", segmentation_model, (*BOX_OUTPUTS, "pred_masks"))):
         path = tmp_path / f"{name}.ts"
         assert export.export_torchscript(model, path, sample_size=SAMPLE, check=False) is None
-        runner = export.load_exported(path)  # format from the suffix
+        runner = load_exported(path)  # format from the suffix
         for sizes in CASES:
             _assert_close_to_eager(model, runner, sizes, names)
 
@@ -193,28 +200,54 @@ def test_program_round_trip(detection_model, tmp_path):
     assert export.export_program(detection_model, path, sample_size=SAMPLE, check=False) is None
     program = torch.export.load(path)
     assert len(program.range_constraints) == 3  # batch, height, width: the mask's sizes are the images' ones
-    runner = export.load_exported(path)
+    runner = load_exported(path)
     for sizes in CASES:
-        _assert_close_to_eager(detection_model, runner, sizes, export.BOX_OUTPUTS)
-    with pytest.raises(ValueError, match="outside the exported range"):  # a 1-pixel feature map: below the minimum
+        _assert_close_to_eager(detection_model, runner, sizes, BOX_OUTPUTS)
+    with pytest.raises(InputFileError, match="outside the exported range"):  # a 1-pixel feature map: below the minimum
         runner(_images((20, 20)))
 
 
-def test_check_export_detects_a_different_model(detection_model, tmp_path):
+def test_verify_detects_a_different_model(detection_model, tmp_path):
     path = tmp_path / "detr.ts"
     export.export_torchscript(detection_model, path, sample_size=SAMPLE, check=False)
-    images = _images((64, 70))
-    assert export.check_export(detection_model, path, "torchscript", images) < TOL
+    batches = [_images((64, 70))]
+    assert verify_export(detection_model, path, batches=batches).passed
     other = _model(DETECTION, seed=5)
-    assert export.check_export(other, path, "torchscript", images) > 1e-2
+    check = verify_export(other, path, batches=batches)
+    assert not check.passed and check.worst > 1e-2
+
+
+def _perturbed_copy(path: Path, out: Path, delta: float) -> Path:
+    """The ONNX file with ``delta`` added to the class head's bias: every logit moves by exactly ``delta``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    (bias,) = [t for t in proto.graph.initializer if t.name.endswith("class_embed.bias")]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + delta, bias.name))
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_verify_catches_a_perturbed_export_and_states_its_tolerance(detection_model, detection_onnx, tmp_path):
+    """The one verify function: an export whose logits are off by 10× the tolerance fails, by 1/10 passes."""
+    assert export_contract.TOLERANCE == TOL
+    bad = verify_export(detection_model, _perturbed_copy(detection_onnx[0], tmp_path / "bad.onnx", 10 * TOL),
+                        sample_size=SAMPLE)
+    assert not bad.passed and bad.tolerance == TOL
+    assert bad.differences["pred_logits"] == pytest.approx(10 * TOL, abs=TOL / 20)  # plus float rounding (~1e-6)
+    assert bad.differences["pred_boxes"] < TOL  # the boxes do not depend on the class head
+    close = verify_export(detection_model, _perturbed_copy(detection_onnx[0], tmp_path / "close.onnx", TOL / 10),
+                          sample_size=SAMPLE)
+    assert close.passed and close.differences["pred_logits"] == pytest.approx(TOL / 10, abs=TOL / 20)
 
 
 def test_format_from_path():
-    assert export.format_from_path("a/b.onnx") == "onnx"
-    assert export.format_from_path("b.pt2") == "program"
-    assert export.format_from_path("b.ts") == "torchscript"
-    with pytest.raises(ValueError, match=r"b\.bin"):
-        export.format_from_path("b.bin")
+    assert export_contract.format_from_path("a/b.onnx") == "onnx"
+    assert export_contract.format_from_path("b.pt2") == "program"
+    assert export_contract.format_from_path("b.ts") == "torchscript"
+    with pytest.raises(ConfigError, match=r"b\.bin"):
+        export_contract.format_from_path("b.bin")
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -231,9 +264,10 @@ def test_cli_export_onnx_from_checkpoint(checkpoint, detection_model, tmp_path, 
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "max |exported - eager|: pred_logits" in printed and "check passed" in printed
-    runner = export.OnnxRunner(out)
+    runner = OnnxRunner(out)
     assert runner.metadata["torchdetr.source"] == str(checkpoint)
-    _assert_close_to_eager(detection_model, runner, CASES[1], export.BOX_OUTPUTS)
+    assert runner.input_size == (800, 1333)  # the checkpoint's validation resize, not the export sample
+    _assert_close_to_eager(detection_model, runner, CASES[1], BOX_OUTPUTS)
 
 
 def test_cli_export_torchscript_without_check(checkpoint, tmp_path, capsys):
@@ -246,7 +280,11 @@ def test_cli_export_torchscript_without_check(checkpoint, tmp_path, capsys):
 
 
 def test_cli_check_failure_exits_1(checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "validate_export", lambda *a, **k: {"pred_logits": 0.5, "pred_boxes": 0.0})
+    def perturbed(path, fmt=None):  # the written file, run with its logits moved by 0.5
+        runner = load_exported(path, fmt)
+        return lambda samples: {k: v + 0.5 if k == "pred_logits" else v for k, v in runner(samples).items()}
+
+    monkeypatch.setattr(verify, "load_exported", perturbed)
     code = main(["export", "--model", str(checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts"),
                  "--image_size", "64"])
     assert code == 1
@@ -265,11 +303,17 @@ def test_cli_official_name_offline_is_one_line(tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     code = main(["export", "--model", "detr_resnet50", "--output", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "could not download" in err and "detr_resnet50" in err
+    assert "Name or service not known" in err and str(tmp_path / "hub") in err  # the reason and the offline remedy
+    from torchdetr.inference.loading import load_model
+
+    with pytest.raises(DownloadError, match="detr_resnet50"):  # the library raises the same one error
+        load_model("detr_resnet50")
 
 
 def test_cli_rejects_opset_for_other_formats(checkpoint, tmp_path, capsys):
@@ -278,7 +322,12 @@ def test_cli_rejects_opset_for_other_formats(checkpoint, tmp_path, capsys):
     assert "--opset applies to --format onnx only" in capsys.readouterr().err
 
 
-def test_cli_formats_match_the_module():
-    from torchdetr.cli import export as cli_export
+def test_cli_reads_the_one_formats_definition_without_importing_torch():
+    from torchdetr.cli import build_parser
 
-    assert cli_export.FORMATS == export.FORMATS
+    parser = build_parser(only="export")
+    export_parser = parser._subparsers._group_actions[0].choices["export"]
+    (fmt,) = [a for a in export_parser._actions if a.dest == "format"]
+    assert fmt.choices is export_contract.FORMATS
+    code = "import sys, torchdetr.cli.export; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

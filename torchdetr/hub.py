@@ -11,22 +11,25 @@ from __future__ import annotations
 from torch import nn
 
 from .engine.checkpoint import load_checkpoint, load_model_state
+from .errors import ConfigError
 from .models.build import build_detector, coco_panoptic_is_thing_map
 from .models.demo import DETRdemo
 from .models.postprocess import PostProcess, PostProcessPanoptic
+from .models.weight_files import download_weights
 from .models.zoo import DEMO_URL, OFFICIAL_MODELS, WEIGHTS_BASE_URL, OfficialModel  # noqa: F401 (re-exported)
 
 
 def _load_official(model: nn.Module, name: str) -> None:
-    checkpoint = load_checkpoint(OFFICIAL_MODELS[name].url)
-    load_model_state(model, checkpoint["model"], source=OFFICIAL_MODELS[name].url)
+    """The official weights of ``name`` into ``model`` (downloaded once; ``DownloadError`` offline)."""
+    path = OFFICIAL_MODELS[name].weights_path()
+    load_model_state(model, load_checkpoint(path)["model"], source=str(path))
 
 
 def _build(name: str, pretrained: bool, num_classes: int, return_postprocessor: bool, threshold: float = 0.85):
     """Entry-point body: the architecture of ``name``, official weights when ``pretrained``."""
     spec = OFFICIAL_MODELS[name]
     if pretrained and num_classes != spec.num_classes:
-        raise ValueError(f"{name}: pretrained weights have num_classes={spec.num_classes}, got {num_classes}")
+        raise ConfigError(f"{name}: pretrained weights have num_classes={spec.num_classes}, got {num_classes}")
     model = build_detector(spec.config(num_classes=num_classes))
     if pretrained:
         _load_official(model, name)
@@ -80,9 +83,9 @@ def detr_demo(pretrained: bool = False, num_classes: int = 91) -> DETRdemo:
     model = DETRdemo(num_classes=num_classes)
     if pretrained:
         if num_classes != 91:
-            raise ValueError(f"detr_demo: pretrained weights have num_classes=91, got {num_classes}")
-        checkpoint = load_checkpoint(DEMO_URL)
-        load_model_state(model, checkpoint["model"], source=DEMO_URL)
+            raise ConfigError(f"detr_demo: pretrained weights have num_classes=91, got {num_classes}")
+        path = download_weights(DEMO_URL, what="detr_demo")
+        load_model_state(model, load_checkpoint(path)["model"], source=str(path))
     return model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import UserError
+from ..errors import ConfigError
 
 FIGURE_DPI = 100
 
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def _save(fig, output: str) -> Path:
     path = Path(output)
     if path.suffix.lower() != ".png":
-        raise UserError(f"--output: {output!r} must be a .png file")
+        raise ConfigError(f"--output: {output!r} must be a .png file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=FIGURE_DPI)
     return path

@@ -13,8 +13,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import UserError
+from ..errors import ConfigError, DataError, MissingFileError
+
+if TYPE_CHECKING:
+    from ..inference.detection import Detection
+    from ..inference.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ def find_images(inputs: Iterable[str | Path]) -> list[ImageFile]:
         elif path.is_file():
             found.append(ImageFile(path, path.name))
         else:
-            raise FileNotFoundError(f"input not found: {path}")
+            raise MissingFileError(f"input not found: {path}")
     return found
 
 
@@ -82,10 +87,10 @@ def image_ids_from_annotations(path: str | Path) -> dict[str, int]:
         images = json.loads(path.read_text())["images"]
         by_name = {str(im["file_name"]): int(im["id"]) for im in images}
     except FileNotFoundError:
-        raise FileNotFoundError(f"--annotations: file not found: {path}") from None
+        raise MissingFileError(f"--annotations: file not found: {path}") from None
     except (ValueError, KeyError, TypeError) as err:  # ValueError covers JSON and UTF-8 decoding errors
         reason = "no 'images' list" if isinstance(err, (KeyError, TypeError)) else "not JSON"
-        raise ValueError(f"--annotations: {path} is not a COCO annotation file ({reason})") from None
+        raise DataError(f"--annotations: {path} is not a COCO annotation file ({reason})") from None
     base_names: dict[str, list[int]] = {}
     for name, image_id in by_name.items():
         base_names.setdefault(Path(name).name, []).append(image_id)
@@ -119,33 +124,35 @@ def picture_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def coco_results(detections, image_id: int, file_name: str) -> list[dict]:
+def coco_results(detections: Sequence[Detection], image_id: int, file_name: str) -> list[dict]:
     """Detections of one image → COCO results entries (bbox as [x, y, width, height] pixels)."""
+    import torch
+    from torchvision.ops import box_convert
+
+    boxes = torch.tensor([d.box for d in detections], dtype=torch.float64).reshape(-1, 4)
+    xywh = box_convert(boxes, "xyxy", "xywh").tolist()
     return [
         {
             "image_id": image_id,
             "file_name": file_name,
             "category_id": d.label,
-            "bbox": [round(d.box[0], 2), round(d.box[1], 2), round(d.box[2] - d.box[0], 2), round(d.box[3] - d.box[1], 2)],
+            "bbox": [round(v, 2) for v in box],
             "score": round(d.score, 5),
         }
-        for d in detections
+        for d, box in zip(detections, xywh)
     ]
 
 
-def _load_detector(args: argparse.Namespace):
+def _load_detector(args: argparse.Namespace) -> Detector:
     from ..inference.detector import Detector
 
     if bool(args.model) == bool(args.onnx):
-        raise UserError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
+        raise ConfigError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
     options = dict(threshold=args.threshold, image_size=args.image_size, max_size=args.max_size,
                    batch_size=args.batch_size)
-    try:
-        if args.onnx:
-            return Detector.from_onnx(args.onnx, device=args.device, **options)
-        return Detector.from_pretrained(args.model, device=args.device, **options)
-    except ConnectionError as err:
-        raise UserError(str(err)) from None
+    if args.onnx:
+        return Detector.from_onnx(args.onnx, device=args.device, **options)
+    return Detector.from_pretrained(args.model, device=args.device, **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,12 +163,12 @@ def run(args: argparse.Namespace) -> int:
     from ..viz.draw import draw_detections
 
     if args.batch_size < 1:
-        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+        raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
     if not 0 <= args.threshold < 1:
-        raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+        raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
     files = find_images(args.inputs)
     if not files:
-        raise UserError(f"no images found in {', '.join(args.inputs)}")
+        raise MissingFileError(f"no images found in {', '.join(args.inputs)}")
     image_ids = assign_image_ids(files, args.annotations)
     detector = _load_detector(args)
     output = Path(args.output)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import UserError
+from ..errors import ConfigError
 
 FIGURE_DPI = 100
 
@@ -51,17 +51,14 @@ def run_attention(args: argparse.Namespace) -> int:
     from ..viz.attention_plots import decoder_attention_figure, default_reference_points, encoder_attention_figure
 
     if not 0 <= args.threshold < 1:
-        raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+        raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.max_detections < 1:
-        raise UserError(f"--max_detections must be positive, got {args.max_detections}")
+        raise ConfigError(f"--max_detections must be positive, got {args.max_detections}")
     image = to_pil_image(Path(args.image))
     for x, y in args.points or []:
         if not (0 <= x < image.width and 0 <= y < image.height):
-            raise UserError(f"--points: ({x:g}, {y:g}) is outside {args.image} ({image.width} x {image.height} pixels)")
-    try:
-        detector = Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold)
-    except ConnectionError as err:
-        raise UserError(str(err)) from None
+            raise ConfigError(f"--points: ({x:g}, {y:g}) is outside {args.image} ({image.width} x {image.height} pixels)")
+    detector = Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold)
     maps = detector.attention(image)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 
 from ..atomic_write import write_atomic
 from ..config import DETRConfig
-from ..errors import DownloadError, InputFileError, MissingFileError
+from ..errors import InputFileError
+from ..models.weight_files import SAFE_GLOBALS, download_weights, is_url, read_weights_file
 
 log = logging.getLogger(__name__)
-
-# Objects that official/our training checkpoints pickle besides tensors (``args``).
-SAFE_GLOBALS: list[Any] = [argparse.Namespace]
-
-
-def _is_url(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
 
 
 def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -38,45 +30,16 @@ def load_checkpoint(path_or_url: str | Path, map_location: str | torch.device = 
 
     Accepts the official layout (``{"model", "optimizer", "lr_scheduler", "epoch", "args"}`` or only
     ``{"model"}``), a bare state dict, a ``.safetensors`` file, a local path or an https URL
-    (downloaded into torch's hub cache; a hash suffix in the file name is verified). Files are
-    read with ``weights_only=True``: only tensors, containers and ``argparse.Namespace`` are
-    accepted, so a malicious file cannot run code.
+    (downloaded once into torch's hub cache by ``models.weight_files.download_weights``; a hash suffix
+    in the file name is verified). Files are read with ``weights_only=True``: only tensors, containers
+    and ``argparse.Namespace`` are accepted, so a malicious file cannot run code.
+
+    Raises ``MissingFileError`` / ``InputFileError`` (naming the file) for a missing or unreadable
+    file and ``DownloadError`` for a URL that cannot be fetched.
     """
     source = str(path_or_url)
-    if source.endswith(".safetensors") and not _is_url(source):
-        from safetensors.torch import load_file
-
-        if not Path(source).is_file():
-            raise MissingFileError(f"checkpoint not found: {source}")
-        return {"model": load_file(source, device=str(map_location))}
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            if _is_url(source):
-                try:
-                    checkpoint = torch.hub.load_state_dict_from_url(
-                        source, map_location=map_location, check_hash=True, weights_only=True
-                    )
-                except URLError as err:
-                    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(source).name
-                    raise DownloadError(
-                        f"could not download {source} ({err.reason}). Offline? Download it where there is network "
-                        f"access and pass the file's path instead, or copy it to {cache}"
-                    ) from None
-            else:
-                if not Path(source).is_file():
-                    raise MissingFileError(f"checkpoint not found: {source}")
-                checkpoint = torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise InputFileError(
-            f"{source}: refused to load: the file contains objects other than tensors and plain "
-            f"containers ({str(err).splitlines()[0]}). Only load files you trust; if you do, "
-            "convert it with torch.load(..., weights_only=False) and save its state dict."
-        ) from None
-    except (RuntimeError, EOFError) as err:
-        if isinstance(err, RuntimeError) and "hash" in str(err).lower():
-            raise
-        raise InputFileError(f"{source}: not a readable PyTorch checkpoint ({err})") from None
-    return normalize_checkpoint(checkpoint, source)
+    path = download_weights(source) if is_url(source) else Path(source)
+    return normalize_checkpoint(read_weights_file(path, map_location, what="checkpoint"), source)
 
 
 def normalize_checkpoint(checkpoint: Any, source: str = "checkpoint") -> dict[str, Any]:
@@ -111,14 +74,6 @@ def checkpoint_args(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(args, Mapping):
         return dict(args)
     return {}
-
-
-def infer_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
-    """K from the class head (``class_embed.weight`` has K+1 rows), with or without ``detr.``."""
-    for key in ("class_embed.weight", "detr.class_embed.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0]) - 1
-    return None
 
 
 def evaluated_weights(checkpoint: Mapping[str, Any], use_ema: bool = True) -> tuple[Mapping[str, Tensor], bool]:

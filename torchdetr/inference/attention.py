@@ -12,12 +12,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .detector import Detection
+from ..errors import ConfigError
+from .detection import Detection
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _detr_core(model: nn.Module) -> nn.Module:
     """The DETR module (DETRsegm keeps it under ``.detr``)."""
     core = getattr(model, "detr", model)
     if not hasattr(core, "transformer"):
-        raise ValueError(f"{type(model).__name__} is not a DETR model (no transformer)")
+        raise ConfigError(f"{type(model).__name__} is not a DETR model (no transformer)")
     return core
 
 
@@ -116,7 +116,7 @@ class AttentionMaps:
         """Feature cell (row, column) containing the point (x, y) given in original image pixels."""
         height, width = self.image_size
         if not (0 <= x < width and 0 <= y < height):
-            raise ValueError(f"point ({x:g}, {y:g}) is outside the image ({width} x {height} pixels)")
+            raise ConfigError(f"point ({x:g}, {y:g}) is outside the image ({width} x {height} pixels)")
         h, w = self.feature_size
         scale_y, scale_x = self.input_size[0] / height, self.input_size[1] / width
         row = min(h - 1, int(y * scale_y // self.stride))
@@ -130,10 +130,10 @@ class AttentionMaps:
         point; ``"from"``: where the point attends (a distribution summing to 1 over valid cells).
         """
         if self.encoder is None:
-            raise ValueError("this model has no encoder layers, so no encoder self-attention")
+            raise ConfigError("this model has no encoder layers, so no encoder self-attention")
         row, col = self.feature_cell(x, y)
         if direction == "to":
             return self.encoder[..., row, col]
         if direction == "from":
             return self.encoder[row, col]
-        raise ValueError(f"direction must be 'to' or 'from', got {direction!r}")
+        raise ConfigError(f"direction must be 'to' or 'from', got {direction!r}")

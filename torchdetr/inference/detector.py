@@ -13,28 +13,25 @@ the original has the same property. Use ``batch_size=1`` where exact reproducibi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import overload
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..config import DETRConfig
-from ..data.build import config_validation_size
 from ..data.io import load_rgb_image, to_upright_rgb
 from ..data.transforms import validation_size
 from ..engine.runtime import resolve_device
+from ..errors import ConfigError
 from ..models.postprocess import PostProcess
 from ..structures import NestedTensor, nested_tensor_from_tensor_list
-
-if TYPE_CHECKING:
-    from .attention import AttentionMaps
+from .attention import AttentionMaps, capture_attention
+from .detection import Detection
+from .loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +43,6 @@ Arrays and tensors are uint8 in 0..255 or float in [0, 1]."""
 DEFAULT_THRESHOLD = 0.7  # the original notebook's
 DEFAULT_BATCH_SIZE = 4
 ModelRunner = Callable[[NestedTensor], Mapping[str, Tensor]]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected object: ``box`` (x1, y1, x2, y2) in pixels of the input image, ``score`` in
-    [0, 1], class id ``label`` (the model's category id) and its ``name``; ``query`` is the index
-    of the object query that produced it (row of the decoder attention maps)."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    label: int
-    name: str
-    query: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict."""
-        return asdict(self) | {"box": list(self.box)}
 
 
 def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
@@ -112,6 +92,13 @@ def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
     raise TypeError(f"{what}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
 
 
+def _chosen_size(image_size: int | None, max_size: int | None, stored: tuple[int, int]) -> tuple[int, int | None]:
+    """The size given by the caller, else the model's: a given ``image_size`` alone gets its own default cap."""
+    if image_size is None:
+        return stored[0], max_size if max_size is not None else stored[1]
+    return image_size, max_size
+
+
 class Detector:
     """A detection model with its pre- and post-processing.
 
@@ -133,9 +120,9 @@ class Detector:
         focal: bool = False,
     ) -> None:
         if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.model = model
         self.category_names = dict(category_names or {})
         self.threshold = threshold
@@ -158,20 +145,18 @@ class Detector:
     ) -> Detector:
         """Official model name (``detr_resnet50``, … downloaded once) or a checkpoint file (ours or the original's).
 
-        ``image_size``/``max_size`` default to the checkpoint's training options (800/1333 for
-        the official models).
+        ``image_size``/``max_size`` default to the model's own (``LoadedModel.image_size``/``max_size``:
+        800/1333 for the official models, the training run's validation resize for a checkpoint).
         """
-        from .loading import load_model
-
         resolved = resolve_device(device)
-        loaded = load_model(name_or_path, device=resolved)  # download failures: ConnectionError with advice
-        trained_size, trained_max_size = config_validation_size(loaded.config)
+        loaded = load_model(name_or_path, device=resolved)
+        image_size, max_size = _chosen_size(image_size, max_size, (loaded.image_size, loaded.max_size))
         return cls(
             loaded.model,
             loaded.category_names,
             threshold=threshold,
-            image_size=image_size or trained_size,
-            max_size=max_size if max_size is not None else (trained_max_size if image_size is None else None),
+            image_size=image_size,
+            max_size=max_size,
             device=resolved,
             batch_size=batch_size,
             focal=loaded.config.cls_loss == "focal",
@@ -190,34 +175,27 @@ class Detector:
     ) -> Detector:
         """A model exported by ``detr export`` (ONNX), run with onnxruntime.
 
-        Class names and the image size come from the file's metadata (``torchdetr.category_names``,
-        ``torchdetr.config``); without them, names are the class ids and the size is 800/1333.
-        ``device``: ``cpu`` runs on onnxruntime's CPU provider, otherwise CUDA is used when available.
+        Class names and the input size come from the file's metadata (``torchdetr.category_names``,
+        ``torchdetr.image_size``/``max_size``); without them, names are the class ids and the size
+        is 800/1333. ``device``: ``cpu`` runs on onnxruntime's CPU provider, otherwise CUDA is used
+        when available.
         """
-        from .export import OnnxRunner
+        from .runtimes import OnnxRunner
 
         resolved = resolve_device(device)
         providers = ["CPUExecutionProvider"] if resolved.type == "cpu" else None
         runner = OnnxRunner(path, providers=providers)
-        try:
-            config = json.loads(runner.metadata.get("torchdetr.config", "{}"))
-        except json.JSONDecodeError:
-            log.warning("%s: unreadable torchdetr.config metadata; using image size 800", path)
-            config = {}
-        known = {k: v for k, v in config.items() if k in DETRConfig.__dataclass_fields__}
-        try:
-            stored_size, stored_max = config_validation_size(DETRConfig(**known))
-        except (TypeError, ValueError):
-            stored_size, stored_max = DETRConfig().image_size, None
+        config = runner.config
+        image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
         return cls(
             runner,
             runner.category_names,
             threshold=threshold,
-            image_size=image_size or stored_size,
-            max_size=max_size if max_size is not None else (stored_max if image_size is None else None),
+            image_size=image_size,
+            max_size=max_size,
             device="cpu",
             batch_size=batch_size,
-            focal=known.get("cls_loss") == "focal",
+            focal=config is not None and config.cls_loss == "focal",
         )
 
     # ------------------------------------------------------------------ pre-processing
@@ -271,7 +249,7 @@ class Detector:
         """``pred_logits`` [B, Q, K+1], ``pred_boxes`` [B, Q, 4], ``image_sizes`` [B, 2] (H, W) → detections."""
         threshold = self.threshold if threshold is None else threshold
         if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
         results = self._postprocess({"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
                                     image_sizes)
         detections = []
@@ -297,10 +275,8 @@ class Detector:
         to 1 over valid cells), both averaged over heads, and the image's detections. Captured
         with forward hooks that are removed afterwards; the model is not changed.
         """
-        from .attention import AttentionMaps, capture_attention
-
         if not isinstance(self.model, nn.Module):
-            raise ValueError("attention maps need a PyTorch model (this detector runs an exported model)")
+            raise ConfigError("attention maps need a PyTorch model (this detector runs an exported model)")
         pil = to_pil_image(image)
         samples = self.batch([pil])
         with capture_attention(self.model) as captured:

@@ -1,6 +1,6 @@
 """Export a DETR model for deployment: ONNX (run with onnxruntime), TorchScript or a ``torch.export`` program.
 
-Every format takes a padded batch as two plain tensors,
+Every format takes a padded batch as two plain tensors (``inference.export_contract`` names them),
 
 - ``images`` [B, 3, H, W] float32, normalised as for the eager model, zero padded;
 - ``mask`` [B, H, W] bool, True on padding (the ``mask`` of a ``NestedTensor``),
@@ -13,10 +13,10 @@ and returns, without auxiliary decoder outputs,
 ONNX uses the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``) on the
 same ``ExportedProgram`` that ``export_program`` saves; TorchScript is a trace of the same wrapper
 (see ``docs/export.md`` for the reasons and the limits). Batch size and image size are dynamic.
-Every export is checked, unless asked not to, against the eager model on inputs of sizes other
-than the export sample: one image, then two images of different sizes padded into one batch.
-``OnnxRunner`` runs an exported ONNX file and returns the eager model's output dict, so the
-post-processors of ``torchdetr.models.postprocess`` work unchanged on its outputs.
+Every export is checked, unless asked not to, by ``inference.verify.verify_export``; the files run
+with ``inference.runtimes``. Files carry metadata (``default_metadata``): the model's classes and
+queries, and from a loaded model (``loaded_model_metadata``) its config, category names and the
+input size it expects, which ``Detector.from_onnx`` reads back.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,27 +33,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.detr import DETR
 from ..models.segmentation import DETRsegm
-from ..structures import NestedTensor, as_nested_tensor, nested_tensor_from_tensor_list
+from ..structures import NestedTensor
+from .export_contract import (
+    BOX_OUTPUTS,
+    DEFAULT_OPSET,
+    DEFAULT_SAMPLE_SIZE,
+    INPUT_NAMES,
+    MASK_OUTPUT,
+    METADATA_FILE,
+    MIN_OPSET,
+    check_format,
+    check_sample_size,
+)
+from .loading import LoadedModel
+from .runtimes import quiet_jit_deprecation, require_onnx
+from .verify import ExportCheck, eval_mode, verify_export
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript", "program")
-SUFFIXES = {".onnx": "onnx", ".pt2": "program", ".ts": "torchscript", ".torchscript": "torchscript", ".pt": "torchscript"}
-DEFAULT_OPSET = 18  # the opset the exporter's ONNX function library is written in (no version conversion)
-MIN_OPSET = 18  # converted down to 17, Split nodes keep an opset-18 attribute (invalid; torch 2.14, onnxscript 0.7)
-DEFAULT_SAMPLE_SIZE = (800, 1066)  # the validation recipe's shorter side 800, longer side 4/3 of it
-MIN_SAMPLE_SIDE = 64  # the validation inputs are about 3/4 of the sample: keep their feature maps > 1 pixel
-TOLERANCE = 1e-4  # max |exported - eager| accepted on pred_logits / pred_boxes
 EXPORT_BATCH = 2  # batch of the export sample: torch.export specialises sizes 0 and 1
-INPUT_NAMES = ("images", "mask")
-BOX_OUTPUTS = ("pred_logits", "pred_boxes")
-MASK_OUTPUT = "pred_masks"
-METADATA_FILE = "torchdetr.json"  # TorchScript / program files: the metadata as one extra JSON file
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"  # said once in docs/export.md rather than per call
-
-Samples = NestedTensor | Tensor | Sequence[Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not isinstance(model, DETR | DETRsegm):
-            raise ValueError(f"export supports DETR and DETRsegm models, got {type(model).__name__}")
+            raise ConfigError(f"export supports DETR and DETRsegm models, got {type(model).__name__}")
         self.model = model
 
     @property
@@ -92,18 +93,6 @@ class ExportWrapper(nn.Module):
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run a block with ``model`` in eval mode, then restore every submodule's own mode."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextmanager
 def _export_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode without auxiliary outputs, then restore both.
 
@@ -114,7 +103,7 @@ def _export_mode(model: nn.Module) -> Iterator[None]:
     aux_loss = detr.aux_loss
     detr.aux_loss = False
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             yield
     finally:
         detr.aux_loss = aux_loss
@@ -122,12 +111,6 @@ def _export_mode(model: nn.Module) -> Iterator[None]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _check_sample_size(sample_size: Sequence[int]) -> tuple[int, int]:
-    if len(sample_size) != 2 or min(sample_size) < MIN_SAMPLE_SIDE:
-        raise ValueError(f"sample_size must be (H, W) with both sides >= {MIN_SAMPLE_SIDE} px, got {tuple(sample_size)}")
-    return int(sample_size[0]), int(sample_size[1])
 
 
 def example_inputs(
@@ -138,7 +121,7 @@ def example_inputs(
 ) -> tuple[Tensor, Tensor]:
     """Random export inputs: images [B, 3, H, W] and mask [B, H, W]; the last image is padded on
     the bottom and right quarter (when B > 1) so that the padding path is traced."""
-    h, w = _check_sample_size(sample_size)
+    h, w = check_sample_size(sample_size)
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, 3, h, w, generator=generator)
     mask = torch.zeros(batch_size, h, w, dtype=torch.bool)
@@ -147,31 +130,6 @@ def example_inputs(
         mask[-1, :, w * 3 // 4:] = True
         images[-1] = images[-1].masked_fill(mask[-1], 0.0)
     return images.to(device), mask.to(device)
-
-
-def validation_batches(
-    sample_size: Sequence[int] = DEFAULT_SAMPLE_SIZE,
-    *,
-    dynamic: bool = True,
-    device: torch.device | str = "cpu",
-    seed: int = 1,
-) -> list[NestedTensor]:
-    """Inputs to compare an export with the eager model.
-
-    Dynamic exports: one image of another size than the sample, then a batch of two images of
-    different sizes (each padded along one side). Static exports: one image of the sample's size.
-    """
-    h, w = _check_sample_size(sample_size)
-    generator = torch.Generator().manual_seed(seed)
-
-    def image(height: int, width: int) -> Tensor:
-        return torch.randn(3, height, width, generator=generator)
-
-    if not dynamic:
-        sizes = [[(h, w)]]
-    else:
-        sizes = [[(h * 3 // 4 + 1, w * 3 // 4 + 3)], [(h // 2 + 7, w * 3 // 4 + 1), (h * 3 // 4 + 5, w // 2 + 3)]]
-    return [nested_tensor_from_tensor_list([image(*size) for size in batch]).to(device) for batch in sizes]
 
 
 def _dynamic_shapes(dynamic: bool) -> dict[str, dict[int, Any]] | None:
@@ -186,6 +144,9 @@ def _export(wrapper: ExportWrapper, inputs: tuple[Tensor, Tensor], dynamic: bool
     return torch.export.export(wrapper, inputs, dynamic_shapes=_dynamic_shapes(dynamic))
 
 
+# ---------------------------------------------------------------------------------------------
+# Metadata
+# ---------------------------------------------------------------------------------------------
 def default_metadata(model: nn.Module, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Key → text stored in exported files: version, classes, queries, masks, input convention, + ``extra``."""
     from .. import __version__
@@ -203,27 +164,40 @@ def default_metadata(model: nn.Module, extra: Mapping[str, str] | None = None) -
     return values
 
 
+def loaded_model_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What a loaded model knows beyond its weights, as export metadata (``Detector.from_onnx`` reads it).
+
+    ``torchdetr.source``, ``torchdetr.config`` (the ``DETRConfig`` as JSON), ``torchdetr.category_names``
+    (id → name, JSON), ``torchdetr.image_size`` and ``torchdetr.max_size`` (the resize the model expects).
+    """
+    return {
+        "torchdetr.source": loaded.source,
+        "torchdetr.config": json.dumps(loaded.config.to_dict()),
+        "torchdetr.category_names": json.dumps({str(k): v for k, v in loaded.category_names.items()}),
+        "torchdetr.image_size": str(loaded.image_size),
+        "torchdetr.max_size": str(loaded.max_size),
+    }
+
+
 def _prepare_output(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def _checked(model: nn.Module, path: Path, fmt: str, sample_size: Sequence[int], dynamic: bool) -> ExportCheck:
+    """``verify_export`` of a file just written, logged (a warning when it fails)."""
+    check = verify_export(model, path, fmt, sample_size=sample_size, dynamic=dynamic)
+    if check.passed:
+        log.info("%s matches the eager model: max abs difference %s", path, check)
+    else:
+        log.warning("%s differs from the eager model by more than %.0e: %s", path, check.tolerance, check)
+    return check
+
+
 # ---------------------------------------------------------------------------------------------
 # ONNX
 # ---------------------------------------------------------------------------------------------
-def _require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
-            "pip install 'torchdetr[export]'"
-        ) from None
-
-
 @contextmanager
 def _quiet_onnx_exporter() -> Iterator[None]:
     """Silence the ONNX optimiser's per-pass notes and harmless warnings ("Skipping constant folding")."""
@@ -264,18 +238,18 @@ def export_onnx(
     dynamic: bool = True,
     check: bool = True,
     metadata: Mapping[str, str] | None = None,
-) -> float | None:
+) -> ExportCheck | None:
     """Write ``model`` as an ONNX file with inputs ``images``/``mask`` (see the module docstring).
 
     ``dynamic``: batch, height and width are free (else fixed to batch 1 × ``sample_size``).
-    ``check``: compare with the eager model in onnxruntime on ``validation_batches`` and return the
-    max abs difference on ``pred_logits``/``pred_boxes`` (``None`` without the check).
+    ``check``: compare with the eager model in onnxruntime (``verify_export``) and return the result
+    (``None`` without the check).
     """
-    _require_onnx()
+    require_onnx()
     import onnx
 
     if opset < MIN_OPSET:
-        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
+        raise ConfigError(f"opset must be at least {MIN_OPSET}, got {opset}")
     path = _prepare_output(path)
     wrapper = ExportWrapper(model)
     with _export_mode(model), _quiet_onnx_exporter():
@@ -294,78 +268,6 @@ def export_onnx(
     return _checked(model, path, "onnx", sample_size, dynamic) if check else None
 
 
-class OnnxRunner:
-    """An exported ONNX model run with onnxruntime, called like the eager model.
-
-    ``runner(samples)`` takes a NestedTensor, a list of [3, H_i, W_i] images or a [B, 3, H, W]
-    tensor and returns ``{"pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4]}`` (+ ``"pred_masks"``
-    [B, Q, H/4, W/4]) as float32 torch tensors on the device of the input images.
-    ``providers`` default to CUDA (when onnxruntime has it) then CPU; ``threads`` sets
-    onnxruntime's intra-op threads (default: its own choice, one per physical core).
-    """
-
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
-        _require_onnx()
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable files
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({first_line})") from None
-        inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != list(INPUT_NAMES):
-            raise ValueError(f"{self.path}: not a torchdetr export (inputs {inputs}, expected {list(INPUT_NAMES)})")
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
-        self.input_shape = tuple(self.session.get_inputs()[0].shape)  # ints where static, names where dynamic
-
-    @property
-    def has_masks(self) -> bool:
-        """True when the model also returns ``pred_masks``."""
-        return MASK_OUTPUT in self.output_names
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The ``torchdetr.*`` (and any other) metadata stored in the file."""
-        return dict(self.session.get_modelmeta().custom_metadata_map)
-
-    @property
-    def category_names(self) -> dict[int, str]:
-        """Class id → name, when the export stored them (``detr export`` does), else ``{}``."""
-        text = self.metadata.get("torchdetr.category_names")
-        return {int(k): v for k, v in json.loads(text).items()} if text else {}
-
-    def __call__(self, samples: Samples) -> dict[str, Tensor]:
-        batch = as_nested_tensor(samples)
-        images, mask = batch.tensors, batch.mask
-        if mask is None:
-            mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
-        expected = self.input_shape
-        if any(isinstance(e, int) and e != a for e, a in zip(expected, images.shape)):
-            raise ValueError(
-                f"{self.path} was exported with the fixed input shape {list(expected)}, got {list(images.shape)}; "
-                "export with dynamic shapes to run other sizes"
-            )
-        feeds = {
-            "images": images.detach().to("cpu", torch.float32).contiguous().numpy(),
-            "mask": mask.detach().to("cpu", torch.bool).contiguous().numpy(),
-        }
-        results = self.session.run(None, feeds)
-        return {name: torch.from_numpy(r).to(images.device) for name, r in zip(self.output_names, results)}
-
-    def __repr__(self) -> str:
-        return f"OnnxRunner({str(self.path)!r}, outputs={list(self.output_names)}, input={list(self.input_shape)})"
-
-
 # ---------------------------------------------------------------------------------------------
 # TorchScript and torch.export programs
 # ---------------------------------------------------------------------------------------------
@@ -376,20 +278,19 @@ def export_torchscript(
     sample_size: Sequence[int] = DEFAULT_SAMPLE_SIZE,
     check: bool = True,
     metadata: Mapping[str, str] | None = None,
-) -> float | None:
+) -> ExportCheck | None:
     """Write a ``torch.jit.trace`` of ``ExportWrapper(model)`` (see docs/export.md for why a trace).
 
     ``torch.jit.load(path)(images, mask)`` returns the tuple of ``ExportWrapper``. Sizes read in
     ``forward`` are traced, so batch and image size stay free (checked as ``export_onnx`` does).
-    Returns the max abs difference on logits/boxes, or ``None`` without ``check``.
+    Returns the ``verify_export`` result, or ``None`` without ``check``.
     """
     path = _prepare_output(path)
     wrapper = ExportWrapper(model)
-    with _export_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with _export_mode(model), torch.no_grad(), quiet_jit_deprecation(), warnings.catch_warnings():
         # the trace notes Python ints/bools taken from sizes (the query count, the shape check);
         # the check below runs other sizes and batches, which is what these notes warn about
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         traced = torch.jit.trace(wrapper, example_inputs(sample_size, EXPORT_BATCH, _device(model)), check_trace=False)
         extra = {METADATA_FILE: json.dumps(default_metadata(model, metadata))}
         torch.jit.save(traced, str(path), _extra_files=extra)
@@ -405,12 +306,12 @@ def export_program(
     dynamic: bool = True,
     check: bool = True,
     metadata: Mapping[str, str] | None = None,
-) -> float | None:
+) -> ExportCheck | None:
     """Write a ``torch.export`` ExportedProgram of ``ExportWrapper(model)`` with ``torch.export.save``.
 
     ``torch.export.load(path).module()(images, mask)`` returns the wrapper's tuple; batch, height and
-    width are dynamic unless ``dynamic=False``. Returns the max abs difference on logits/boxes
-    (``None`` without ``check``).
+    width are dynamic unless ``dynamic=False``. Returns the ``verify_export`` result (``None``
+    without ``check``).
     """
     path = _prepare_output(path)
     wrapper = ExportWrapper(model)
@@ -431,8 +332,9 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     metadata: Mapping[str, str] | None = None,
-) -> float | None:
+) -> ExportCheck | None:
     """Dispatch to ``export_onnx`` / ``export_torchscript`` / ``export_program`` by ``fmt``."""
+    check_format(fmt)
     if fmt == "onnx":
         return export_onnx(model, path, opset=opset, sample_size=sample_size, dynamic=dynamic, check=check,
                            metadata=metadata)
@@ -440,111 +342,4 @@ def export_model(
         if not dynamic:
             log.warning("TorchScript traces keep sizes free: dynamic=False has no effect")
         return export_torchscript(model, path, sample_size=sample_size, check=check, metadata=metadata)
-    if fmt == "program":
-        return export_program(model, path, sample_size=sample_size, dynamic=dynamic, check=check, metadata=metadata)
-    raise ValueError(f"unknown export format {fmt!r} ({', '.join(FORMATS)})")
-
-
-def format_from_path(path: str | Path) -> str:
-    """``onnx`` for .onnx, ``program`` for .pt2, ``torchscript`` for .pt/.ts/.torchscript."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(
-            f"cannot tell the export format from {str(path)!r}: use a {', '.join(SUFFIXES)} file name "
-            f"or give the format ({', '.join(FORMATS)})"
-        )
-    return SUFFIXES[suffix]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading and checking
-# ---------------------------------------------------------------------------------------------
-class _ModuleRunner:
-    """A TorchScript / exported-program module called like the eager model (samples → output dict)."""
-
-    def __init__(self, module: Callable[..., Any], path: Path) -> None:
-        self.module = module
-        self.path = path
-
-    def __call__(self, samples: Samples) -> dict[str, Tensor]:
-        batch = as_nested_tensor(samples)
-        mask = batch.mask
-        if mask is None:
-            mask = torch.zeros(batch.tensors.shape[0], *batch.tensors.shape[-2:], dtype=torch.bool,
-                               device=batch.tensors.device)
-        with torch.no_grad():
-            try:
-                outputs = self.module(batch.tensors, mask)
-            except AssertionError as err:  # an exported program's input-range guard, e.g. "images.size()[2] >= 33"
-                raise ValueError(f"{self.path}: input {list(batch.tensors.shape)} outside the exported range ({err})") from None
-        names = (*BOX_OUTPUTS, MASK_OUTPUT)[: len(outputs)]
-        return dict(zip(names, outputs))
-
-
-def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[Samples], dict[str, Tensor]]:
-    """An exported file as a callable ``samples → {"pred_logits", "pred_boxes"[, "pred_masks"]}``.
-
-    ``fmt`` defaults to the one named by the file's suffix (``format_from_path``).
-    """
-    path = Path(path)
-    fmt = fmt or format_from_path(path)
-    if fmt == "onnx":
-        return OnnxRunner(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported model not found: {path}")
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
-            return _ModuleRunner(torch.jit.load(str(path), map_location="cpu"), path)
-    if fmt == "program":
-        return _ModuleRunner(torch.export.load(str(path)).module(), path)
-    raise ValueError(f"unknown export format {fmt!r} ({', '.join(FORMATS)})")
-
-
-def compare_outputs(
-    model: nn.Module, runner: Callable[[Samples], Mapping[str, Tensor]], samples: Samples
-) -> dict[str, float]:
-    """Max abs difference per output between ``runner(samples)`` and the eager ``model`` (eval mode)."""
-    device = _device(model)
-    batch = as_nested_tensor(samples).to(device)
-    with _eval_mode(model), torch.no_grad():
-        expected = model(batch)
-    got = runner(batch)
-    missing = [name for name in expected if name != "aux_outputs" and name not in got]
-    if missing:
-        raise ValueError(f"the exported model does not return {', '.join(missing)}")
-    return {name: float((got[name].to(device) - expected[name]).abs().max()) for name in got}
-
-
-def check_export(model: nn.Module, exported_path: str | Path, fmt: str | None, samples: Samples) -> float:
-    """Max abs difference of ``pred_logits``/``pred_boxes`` between the exported file and the eager model."""
-    diffs = compare_outputs(model, load_exported(exported_path, fmt), samples)
-    return max(diffs[name] for name in BOX_OUTPUTS)
-
-
-def validate_export(
-    model: nn.Module,
-    exported_path: str | Path,
-    fmt: str | None = None,
-    *,
-    sample_size: Sequence[int] = DEFAULT_SAMPLE_SIZE,
-    dynamic: bool = True,
-) -> dict[str, float]:
-    """Max abs difference per output over ``validation_batches(sample_size, dynamic=dynamic)``."""
-    runner = load_exported(exported_path, fmt)
-    worst: dict[str, float] = {}
-    for batch in validation_batches(sample_size, dynamic=dynamic, device=_device(model)):
-        for name, diff in compare_outputs(model, runner, batch).items():
-            worst[name] = max(diff, worst.get(name, 0.0))
-    return worst
-
-
-def _checked(model: nn.Module, path: Path, fmt: str, sample_size: Sequence[int], dynamic: bool) -> float:
-    diffs = validate_export(model, path, fmt, sample_size=sample_size, dynamic=dynamic)
-    worst = max(diffs[name] for name in BOX_OUTPUTS)
-    report = ", ".join(f"{name} {diff:.2e}" for name, diff in diffs.items())
-    if worst > TOLERANCE:
-        log.warning("%s differs from the eager model by more than %.0e: %s", path, TOLERANCE, report)
-    else:
-        log.info("%s matches the eager model: max abs difference %s", path, report)
-    return worst
+    return export_program(model, path, sample_size=sample_size, dynamic=dynamic, check=check, metadata=metadata)

@@ -3,6 +3,11 @@
 The architecture comes from the checkpoint's ``args`` (training options) when present, and is
 otherwise inferred from the state dict's keys and shapes; what could not be inferred (number of
 heads, DC5 dilation) falls back to the original defaults with a warning.
+
+The input size travels with the model, as torchvision's weights carry their transforms: official
+models carry theirs in ``models.zoo`` (800 / 1333), a checkpoint the validation resize of the run
+that wrote it (its ``args``: ``image_size``, ``max_size``, the synthetic dataset's own size).
+``LoadedModel.image_size`` / ``max_size`` hold it; ``Detector`` and ``detr export`` read it there.
 """
 
 from __future__ import annotations
@@ -13,32 +18,54 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 
 from ..categories import COCO_CATEGORIES
 from ..config import DETRConfig
-from ..engine.checkpoint import checkpoint_args, infer_num_classes, load_checkpoint, load_model_state
+from ..data.build import synthetic_image_size
+from ..engine.checkpoint import checkpoint_args, load_checkpoint, load_model_state
+from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
-from ..models.zoo import OFFICIAL_MODELS
+from ..models.weight_files import is_url
+from ..models.zoo import OFFICIAL_MODELS, OfficialModel
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with what is needed to use it."""
+    """A model in eval mode with what is needed to use it.
+
+    ``image_size`` / ``max_size``: the resize the model expects (shorter side, longer-side cap), as
+    the original validation recipe (``make_transforms("val", image_size, max_size)``).
+    """
 
     model: nn.Module
     config: DETRConfig
     category_names: dict[int, str] = field(default_factory=dict)
     source: str = ""
+    image_size: int = 800
+    max_size: int = 1333
 
 
-def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Architecture options readable from a DETR state dict (see module docstring for the limits)."""
+def validation_size(cfg: DETRConfig) -> tuple[int, int]:
+    """(shorter side, longer-side cap) of the validation resize of the run ``cfg`` describes.
+
+    The synthetic dataset's images are 128 px unless ``image_size`` was given; the cap defaults to
+    the original 1333 scaled by ``image_size / 800``.
+    """
+    image_size = synthetic_image_size(cfg) if cfg.dataset_file == "synthetic" else cfg.image_size
+    return image_size, cfg.replace(image_size=image_size).resolved_max_size
+
+
+def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
+    """Architecture options readable from a DETR state dict (see module docstring for the limits).
+
+    ``num_classes`` is K of the class head (``class_embed.weight`` has K+1 rows). A state dict that
+    is not a DETR's is an ``InputFileError`` naming ``source``.
+    """
     masks = any(k.startswith("detr.") for k in state_dict)
     prefix = "detr." if masks else ""
 
@@ -46,7 +73,7 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         try:
             return state_dict[prefix + key]
         except KeyError:
-            raise ValueError(f"not a DETR state dict: no '{prefix + key}' entry") from None
+            raise InputFileError(f"{source}: not a DETR state dict (no '{prefix + key}' entry)") from None
 
     body = prefix + "backbone.0.body."
     bottleneck = f"{body}layer1.0.conv3.weight" in state_dict
@@ -55,7 +82,9 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         (bottleneck, layer3_blocks)
     )
     if resnet is None:
-        raise ValueError(f"unrecognised backbone: layer3 has {layer3_blocks} blocks (bottleneck={bottleneck})")
+        raise InputFileError(
+            f"{source}: unrecognised backbone (layer3 has {layer3_blocks} blocks, bottleneck={bottleneck})"
+        )
 
     def count_layers(part: str) -> int:
         pattern = re.compile(re.escape(f"{prefix}transformer.{part}.layers.") + r"(\d+)\.")
@@ -76,7 +105,7 @@ def infer_architecture(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
         "variant": "dab" if f"{prefix}ref_point_head.layers.0.weight" in state_dict else "detr",
         "two_stage": f"{prefix}enc_head.class_head.weight" in state_dict,
         "num_queries": int(query.shape[0]),
-        "num_classes": infer_num_classes(state_dict),
+        "num_classes": int(get("class_embed.weight").shape[0]) - 1,
         "enc_layers": enc_layers,
         "dec_layers": count_layers("decoder"),
         "dim_feedforward": int(get("transformer.decoder.layers.0.linear1.weight").shape[0]),
@@ -92,7 +121,7 @@ def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpo
     Its architecture is ``.model`` (a ``ModelConfig``); see ``DETRConfig.from_checkpoint_args`` for old files.
     """
     state = checkpoint["model"]
-    inferred = infer_architecture(state)
+    inferred = infer_architecture(state, source)
     values = checkpoint_args(checkpoint)
     missing_facts = [k for k in ("nheads", "dilation") if k not in values]
     for key, value in inferred.items():
@@ -115,49 +144,46 @@ def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int
     return {}
 
 
+def _load_official(spec: OfficialModel, path: str | Path, source: str, device: str | torch.device) -> LoadedModel:
+    """A released checkpoint with the metadata of ``models.zoo``: architecture, categories, input size."""
+    cfg = spec.config()
+    model = build_detector(cfg)
+    load_model_state(model, load_checkpoint(path)["model"], source=str(path))
+    model.to(device).eval()
+    return LoadedModel(model=model, config=cfg, category_names=dict(spec.categories), source=source,
+                       image_size=spec.image_size, max_size=spec.max_size)
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode.
 
     A checkpoint trained with ``--ema`` holds the averaged weights under ``ema``; they are the ones
-    training evaluated, so they are used unless ``use_ema=False``.
+    training evaluated, so they are used unless ``use_ema=False``. Raises ``MissingFileError`` for a
+    name that is neither, ``InputFileError`` for an unreadable checkpoint and ``DownloadError`` when
+    official weights or a URL cannot be downloaded.
     """
     source = str(name_or_path)
-    official_files = {Path(spec.url).name: name for name, spec in OFFICIAL_MODELS.items()}
-    if Path(source).name in official_files and Path(source).is_file():
-        # a released file on disk: its architecture (DC5 included, which weights cannot tell) is known
-        spec = OFFICIAL_MODELS[official_files[Path(source).name]]
-        model = build_detector(spec.config())
-        load_model_state(model, load_checkpoint(source)["model"], source=source)
-        model.to(device).eval()
-        return LoadedModel(model=model, config=spec.config(), category_names=dict(spec.categories), source=source)
+    official_files = {Path(spec.url).name: spec for spec in OFFICIAL_MODELS.values()}
     if source in OFFICIAL_MODELS:
         spec = OFFICIAL_MODELS[source]
-        cfg = spec.config()
-        model = build_detector(cfg)
-        try:
-            checkpoint = load_checkpoint(spec.url)
-        except (ConnectionError, URLError) as err:
-            reason = getattr(err, "reason", err)
-            raise ConnectionError(
-                f"{source}: could not download its weights from {spec.url} ({reason}). Offline? Download the file "
-                f"where there is network access and pass its path instead: --model PATH/{Path(spec.url).name}"
-            ) from None
-        load_model_state(model, checkpoint["model"], source=spec.url)
-        names = dict(spec.categories)
-    else:
-        if not source.startswith(("http://", "https://")) and not Path(source).exists():
-            raise FileNotFoundError(
-                f"--model: {source!r} is neither an official model name ({', '.join(OFFICIAL_MODELS)}) nor a file"
-            )
-        checkpoint = load_checkpoint(source)
-        cfg = config_from_checkpoint(checkpoint, source)
-        model = build_detector(cfg)
-        state = checkpoint["model"]
-        ema = checkpoint.get("ema")
-        if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
-            log.info("%s: using its EMA weights (the weights training evaluated)", source)
-            state = ema["model"]
-        load_model_state(model, state, source=source)
-        names = _category_names(checkpoint, cfg.num_classes)
+        return _load_official(spec, spec.weights_path(), source, device)
+    if Path(source).name in official_files and Path(source).is_file():
+        # a released file on disk: its architecture (DC5 included, which weights cannot tell) is known
+        return _load_official(official_files[Path(source).name], source, source, device)
+    if not is_url(source) and not Path(source).exists():
+        raise MissingFileError(
+            f"--model: {source!r} is neither an official model name ({', '.join(OFFICIAL_MODELS)}) nor a file"
+        )
+    checkpoint = load_checkpoint(source)
+    cfg = config_from_checkpoint(checkpoint, source)
+    model = build_detector(cfg)
+    state = checkpoint["model"]
+    ema = checkpoint.get("ema")
+    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+        log.info("%s: using its EMA weights (the weights training evaluated)", source)
+        state = ema["model"]
+    load_model_state(model, state, source=source)
     model.to(device).eval()
-    return LoadedModel(model=model, config=cfg, category_names=names, source=source)
+    image_size, max_size = validation_size(cfg)
+    return LoadedModel(model=model, config=cfg, category_names=_category_names(checkpoint, cfg.num_classes),
+                       source=source, image_size=image_size, max_size=max_size)

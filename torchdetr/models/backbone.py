@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..structures import NestedTensor
 from .position_encoding import build_position_encoding
+from .weight_files import download_weights, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -146,27 +147,20 @@ def build_backbone(
 
 def imagenet_state_dict(name: str, source: str = "imagenet") -> dict[str, Tensor]:
     """ResNet weights as a torchvision state dict: ``imagenet`` (torchvision V1 weights, the ones
-    the original used, downloaded once into torch's cache) or a local ``.pth``/``.safetensors`` file."""
-    if source == "imagenet":
-        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
-        try:
-            return weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as err:
-            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise RuntimeError(
-                f"could not download the ImageNet weights of {name} ({weights.url}): {err}.\n"
-                f"Offline? Copy that file to {cache}, or pass --backbone_weights PATH to a local "
-                "copy, or --backbone_weights none to train from random weights."
-            ) from None
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"--backbone_weights: no such file {source!r} (use imagenet, none or a path)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    the original used, downloaded once into torch's cache) or a local ``.pth``/``.safetensors`` file.
 
-        state = load_file(str(path))
+    A download failure is a ``DownloadError``; a missing or unreadable local file (a corrupt cached
+    download included) is a ``MissingFileError`` / ``InputFileError`` naming the file.
+    """
+    if source == "imagenet":
+        url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+        path = download_weights(url, what=f"the ImageNet weights of {name}",
+                                offline_hint="pass --backbone_weights PATH to a local copy (or none for random weights)")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = Path(source)
+        if not path.is_file():
+            raise MissingFileError(f"--backbone_weights: no such file {source!r} (use imagenet, none or a path)")
+    state = read_weights_file(path, what="backbone weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state

@@ -7,17 +7,25 @@ lives here, so that loading, evaluation and the hub entry points read it instead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..categories import COCO_CATEGORIES
 from ..config import DETRConfig
+from .weight_files import download_weights
 
 WEIGHTS_BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
+ORIGINAL_IMAGE_SIZE = 800  # the original validation resize: shorter side 800 px ...
+ORIGINAL_MAX_SIZE = 1333  # ... longer side at most 1333 px
 
 
 @dataclass(frozen=True)
 class OfficialModel:
-    """Metadata of one released checkpoint (numbers from the original README, COCO val2017)."""
+    """Metadata of one released checkpoint (numbers from the original README, COCO val2017).
+
+    ``image_size`` / ``max_size``: the input resize the weights were evaluated with (shorter side,
+    longer-side cap), the counterpart of torchvision's ``weights.transforms()``.
+    """
 
     name: str
     url: str
@@ -27,6 +35,8 @@ class OfficialModel:
     num_classes: int = 91
     metrics: dict[str, float] = field(default_factory=dict)
     categories: dict[int, str] = field(default_factory=lambda: dict(COCO_CATEGORIES))
+    image_size: int = ORIGINAL_IMAGE_SIZE
+    max_size: int = ORIGINAL_MAX_SIZE
 
     def config(self, **overrides: Any) -> DETRConfig:
         """The architecture as a ``DETRConfig`` (hub models: aux loss off)."""
@@ -35,6 +45,11 @@ class OfficialModel:
                       dataset_file="coco_panoptic" if self.masks else "coco")
         values.update(overrides)
         return DETRConfig(**values)
+
+    def weights_path(self) -> Path:
+        """The local copy of the weights, downloaded once into torch's hub cache (``DownloadError`` offline)."""
+        return download_weights(self.url, what=self.name,
+                                offline_hint=f"pass the file's path instead of the name (--model PATH/{Path(self.url).name})")
 
 
 OFFICIAL_MODELS: dict[str, OfficialModel] = {

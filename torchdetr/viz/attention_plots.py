@@ -17,6 +17,7 @@ from matplotlib.patches import Circle, Rectangle
 from PIL import Image
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..inference.attention import AttentionMaps
 from .draw import class_color
 
@@ -102,7 +103,7 @@ def encoder_attention_figure(
     original notebook; ``direction`` is passed to ``AttentionMaps.encoder_map``.
     """
     if not points:
-        raise ValueError("encoder attention needs at least one reference point")
+        raise ConfigError("encoder attention needs at least one reference point")
     side_columns = math.ceil(len(points) / 2)
     left = math.ceil(side_columns / 2)
     width, height = image.size

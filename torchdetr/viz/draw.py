@@ -1,17 +1,24 @@
-"""Detections drawn on an image with Pillow: boxes, class names and scores, one stable colour per class.
+"""Detections drawn on an image: boxes, class names and scores, one stable colour per class.
 
-Every box line is edged by a thin black or white halo (whichever contrasts with the class colour),
-and labels sit on a filled box of the class colour with black or white text, so pictures stay
-readable on dark and light images alike. Line width and text size grow with the image size.
+``torchvision.utils.draw_bounding_boxes`` does the drawing. Every box line is edged by a thin black
+or white halo (whichever contrasts with the class colour: the same boxes drawn one pixel larger and
+wider underneath), and labels sit on a filled box of the class colour with black or white text, just
+above the box (inside it when the box touches the top), so pictures stay readable on dark and light
+images alike. Line width and text size grow with the image size; the text is DejaVu Sans, the
+TrueType font that matplotlib ships.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 from typing import Protocol
 
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from PIL import Image, ImageFont
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import draw_bounding_boxes
 
 RGB = tuple[int, int, int]
 
@@ -29,6 +36,8 @@ FONT_SIZE_PER_PIXEL = 1 / 45
 MIN_LINE_WIDTH = 2
 MIN_FONT_SIZE = 10
 HALO_WIDTH = 1
+LABEL_MARGIN = 1  # draw_bounding_boxes: text starts 1 px (+ line width) inside its box, background 1 px around the text
+FONT_FILE = ("fonts", "ttf", "DejaVuSans.ttf")  # under matplotlib's data path
 
 
 class DrawableDetection(Protocol):
@@ -68,12 +77,20 @@ def font_size_for(size: tuple[int, int]) -> int:
     return max(MIN_FONT_SIZE, round(max(size) * FONT_SIZE_PER_PIXEL))
 
 
+@cache
+def font_file() -> str | None:
+    """Path of matplotlib's DejaVu Sans (None if absent: torchvision then uses Pillow's small fixed font)."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path(), *FONT_FILE)
+    return str(path) if path.is_file() else None
+
+
 @lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+    """The font ``draw_bounding_boxes`` renders labels with at ``size`` px (to measure them)."""
+    path = font_file()
+    return ImageFont.truetype(path, size=size) if path else ImageFont.load_default()
 
 
 def label_text(detection: DrawableDetection) -> str:
@@ -90,27 +107,29 @@ def draw_detections(
 ) -> Image.Image:
     """A copy of ``image`` (RGB) with each detection's box (x1, y1, x2, y2 pixels) and label drawn.
 
-    Boxes are clipped to the image. Higher-scoring detections are drawn last (on top), and all
-    labels after all boxes, so no box line crosses a label.
+    Boxes are clipped to the image. Higher-scoring detections are drawn last (on top); all halos
+    come before all boxes and all labels after all boxes, so no box line crosses a label.
     """
     canvas = image.convert("RGB")  # always a new image
+    if not detections:
+        return canvas
     width, height = canvas.size
     lw = line_width or line_width_for(canvas.size)
-    font = _font(font_size or font_size_for(canvas.size))
-    draw = ImageDraw.Draw(canvas)
+    size = font_size or font_size_for(canvas.size)
     ordered = sorted(detections, key=lambda d: d.score)
-    placed: list[tuple[tuple[int, int, int, int], DrawableDetection]] = []
-    for det in ordered:
-        x1, y1, x2, y2 = _clip_box(det.box, width, height)
-        color = class_color(det.label)
-        halo = contrast_color(color)
-        draw.rectangle((x1 - HALO_WIDTH, y1 - HALO_WIDTH, x2 + HALO_WIDTH, y2 + HALO_WIDTH), outline=halo,
-                       width=lw + 2 * HALO_WIDTH)
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
-        placed.append(((x1, y1, x2, y2), det))
-    for (x1, y1, _x2, _y2), det in placed:
-        _draw_label(draw, label_text(det), (x1, y1), class_color(det.label), font, canvas.size)
-    return canvas
+    boxes = torch.tensor([_clip_box(d.box, width, height) for d in ordered])
+    colors = [class_color(d.label) for d in ordered]
+    texts = [label_text(d) for d in ordered]
+    pixels = pil_to_tensor(canvas)  # [3, H, W] uint8
+    halo = boxes + torch.tensor([-HALO_WIDTH, -HALO_WIDTH, HALO_WIDTH, HALO_WIDTH])
+    pixels = draw_bounding_boxes(pixels, halo, colors=[contrast_color(c) for c in colors], width=lw + 2 * HALO_WIDTH)
+    pixels = draw_bounding_boxes(pixels, boxes, colors=colors, width=lw)
+    # labels only (width 0: no outline): each anchored at a point chosen by _label_anchor
+    anchors = torch.tensor([_label_anchor(text, box, _font(size), canvas.size) for text, box in zip(texts, boxes.tolist())])
+    pixels = draw_bounding_boxes(pixels, anchors, labels=texts, colors=colors, width=0, font=font_file(),
+                                 font_size=size if font_file() else None,
+                                 label_colors=[contrast_color(c) for c in colors], fill_labels=True)
+    return to_pil_image(pixels)
 
 
 def _clip_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -120,20 +139,23 @@ def _clip_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, 
     return x1, y1, x2, y2
 
 
-def _draw_label(
-    draw: ImageDraw.ImageDraw,
+def _label_anchor(
     text: str,
-    corner: tuple[int, int],
-    color: RGB,
+    box: Sequence[int],
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     size: tuple[int, int],
-) -> None:
-    """Text on a filled box of ``color`` just above the box corner (inside the box when no room)."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    pad = max(1, (bottom - top) // 5)
-    label_w, label_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x, y = corner
-    y = y - label_h if y - label_h >= 0 else y
-    x = max(0, min(x, size[0] - label_w))
-    draw.rectangle((x, y, x + label_w - 1, y + label_h - 1), fill=color)
-    draw.text((x + pad - left, y + pad - top), text, fill=contrast_color(color), font=font)
+) -> tuple[int, int, int, int]:
+    """Degenerate box (x, y, x, y) at which ``draw_bounding_boxes`` puts the label of ``box``.
+
+    It draws the text at (x, y) + ``LABEL_MARGIN`` on a background ``LABEL_MARGIN`` px larger than
+    the text: place that background just above the box's top-left corner (inside the box when there
+    is no room above), and inside the image horizontally.
+    """
+    left, top, right, bottom = font.getbbox(text)
+    label_w = right - left + 3 * LABEL_MARGIN  # background: x + left .. x + right + 2 margins (inclusive)
+    x1, y1 = box[0], box[1]
+    y = y1 - bottom - 3 * LABEL_MARGIN  # background bottom (y + bottom + 2 margins) one pixel above the box
+    if y + top < 0:
+        y = y1 - top  # no room above: background top at the box's top edge
+    x = min(max(x1, 0), size[0] - label_w) - left
+    return x, y, x, y

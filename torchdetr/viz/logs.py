@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..errors import ConfigError, InputFileError, MissingFileError
 from ..evaluation.tables import STAT_NAMES
 
 LOG_NAME = "log.txt"
@@ -43,7 +44,7 @@ def find_log(path: str | Path, log_name: str = LOG_NAME) -> Path:
     if path.is_dir():
         path = path / log_name
     if not path.is_file():
-        raise FileNotFoundError(f"training log not found: {path}")
+        raise MissingFileError(f"training log not found: {path}")
     return path
 
 
@@ -57,12 +58,12 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+            raise InputFileError(f"{path}:{number}: not a JSON line ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise InputFileError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     if not records:
-        raise ValueError(f"{path}: the log is empty")
+        raise InputFileError(f"{path}: the log is empty")
     return records
 
 
@@ -72,7 +73,7 @@ def ewm_mean(values: Sequence[float] | np.ndarray, com: float) -> np.ndarray:
     ``y_t = Σ_i (1-α)^(t-i) x_i / Σ_i (1-α)^(t-i)`` with ``α = 1 / (1 + com)``; ``com=0`` is identity.
     """
     if com < 0:
-        raise ValueError(f"smoothing (ewm_col) must be >= 0, got {com}")
+        raise ConfigError(f"smoothing (--ewm_col) must be >= 0, got {com}")
     x = np.asarray(values, dtype=np.float64)
     decay = 1.0 - 1.0 / (1.0 + com)
     out = np.empty_like(x)
@@ -129,9 +130,9 @@ def plot_logs(
     """One panel per field, each run in its own colour; ``train_<field>`` solid, ``test_<field>``
     dashed; COCO fields (``mAP``, ``AP50``, …) from the test evaluation. ``ewm_col`` smooths."""
     if not paths:
-        raise ValueError("no training logs given")
+        raise ConfigError("no training logs given")
     if not fields:
-        raise ValueError("no fields to plot")
+        raise ConfigError("no fields to plot (--fields)")
     runs = [(_run_name(path, log_name), read_log(path)) for path in (find_log(p, log_name) for p in paths)]
     colors = [f"C{i % 10}" for i in range(len(runs))]
     fig = Figure(figsize=(PANEL_SIZE[0] * len(fields), PANEL_SIZE[1]), layout="constrained")
@@ -151,7 +152,7 @@ def plot_logs(
                     plotted = True
         if not plotted:
             available = sorted({k for _, records in runs for r in records for k in r})
-            raise ValueError(f"field {field_name!r} is in none of the logs; available keys: {', '.join(available)}")
+            raise ConfigError(f"--fields: {field_name!r} is in none of the logs; available keys: {', '.join(available)}")
         ax.set_title(field_name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -9,7 +9,6 @@ they are left out of the class averages instead of being averaged in.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from ..errors import ConfigError, InputFileError
+from ..models.weight_files import read_weights_file
 
 ABSENT = -1  # COCOeval's marker for "no ground truth for this class"
 FIGURE_SIZE = (12.0, 4.5)
@@ -41,21 +43,13 @@ class PRCurve:
 def load_coco_eval(path: str | Path) -> dict[str, Any]:
     """Read an evaluation file (``torch.save`` of COCOeval's ``eval`` dict, loadable with weights_only)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                         "(evaluation files must load with torch.load(weights_only=True))") from None
-    except (RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable evaluation file ({str(err).splitlines()[0]})") from None
+    data = read_weights_file(path, what="evaluation file")
     if not isinstance(data, Mapping) or not {"precision", "recall", "params"} <= set(data):
         keys = ", ".join(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"{path}: expected COCOeval's eval dict with precision, recall and params (found {keys})")
+        raise InputFileError(f"{path}: expected COCOeval's eval dict with precision, recall and params (found {keys})")
     params = data["params"]
     if not isinstance(params, Mapping) or "recThrs" not in params or "iouThrs" not in params:
-        raise ValueError(f"{path}: params must be a dict holding iouThrs and recThrs")
+        raise InputFileError(f"{path}: params must be a dict holding iouThrs and recThrs")
     return dict(data)
 
 
@@ -78,7 +72,7 @@ def pr_curve(data: Mapping[str, Any], iou: float = 0.5, source: str = "evaluatio
     iou_thresholds = np.asarray(params["iouThrs"], dtype=np.float64)
     matches = np.flatnonzero(np.isclose(iou_thresholds, iou))
     if not len(matches):
-        raise ValueError(f"{source}: --iou {iou} is not one of the evaluated IoU thresholds "
+        raise ConfigError(f"{source}: --iou {iou} is not one of the evaluated IoU thresholds "
                          f"({', '.join(f'{t:.2f}' for t in iou_thresholds)})")
     t = int(matches[0])
     labels = list(params.get("areaRngLbl", ["all"]))
@@ -102,10 +96,10 @@ def plot_precision_recall(
 ) -> tuple[Figure, list[PRCurve]]:
     """Precision/recall (left) and score/recall (right) of each evaluation file, overlaid."""
     if not paths:
-        raise ValueError("no evaluation files given")
+        raise ConfigError("no evaluation files given")
     names = list(names) if names is not None else [_display_name(Path(p)) for p in paths]
     if len(names) != len(paths):
-        raise ValueError(f"got {len(names)} names for {len(paths)} evaluation files")
+        raise ConfigError(f"--names: got {len(names)} names for {len(paths)} evaluation files")
     fig = Figure(figsize=FIGURE_SIZE, layout="constrained")
     ax_pr, ax_scores = fig.subplots(1, 2)
     curves = []
