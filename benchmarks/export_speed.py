@@ -1,7 +1,7 @@
 """Exported DETR vs eager PyTorch: export time, file size, max difference and inference speed.
 
 For each model (random weights) the script exports ONNX (run with onnxruntime) and a TorchScript
-trace, checks both against eager PyTorch on other image sizes (``torchdetr.inference.export.validate_export``),
+trace, checks both against eager PyTorch on other image sizes (``torchdetr.inference.verify.verify_export``),
 then times one image at the export size with the same number of threads for every engine. Runs
 are interleaved (eager, onnxruntime, TorchScript, eager, …) so that a change of machine load hits
 all engines alike; the baseline is eager PyTorch in the same process. One thread by default (see
@@ -28,6 +28,8 @@ import torch
 
 from torchdetr.config import DETRConfig
 from torchdetr.inference import export
+from torchdetr.inference.runtimes import OnnxRunner, load_exported
+from torchdetr.inference.verify import verify_export
 from torchdetr.models.build import build_detector
 
 MODELS: dict[str, tuple[DETRConfig, tuple[int, int]]] = {
@@ -87,12 +89,12 @@ def bench(name: str, runs: int, threads: int, workdir: Path) -> Row:
         export.export_model(model, path, fmt, sample_size=size, check=False)
         export_s[fmt] = time.perf_counter() - start
         file_mb[fmt] = path.stat().st_size / 2**20
-        diffs[fmt] = export.validate_export(model, path, fmt, sample_size=size)
+        diffs[fmt] = verify_export(model, path, fmt, sample_size=size).differences
         print(f"{name}: {fmt} exported in {export_s[fmt]:.1f} s, {file_mb[fmt]:.1f} MB, max diff {diffs[fmt]}", flush=True)
 
     images = torch.randn(1, 3, *size)
-    onnx_runner = export.OnnxRunner(paths["onnx"], providers=["CPUExecutionProvider"], threads=threads)
-    script_runner = export.load_exported(paths["torchscript"])
+    onnx_runner = OnnxRunner(paths["onnx"], providers=["CPUExecutionProvider"], threads=threads)
+    script_runner = load_exported(paths["torchscript"])
     with torch.no_grad():
         latency = median_latencies({
             "eager": lambda: model(images),
@@ -132,7 +134,7 @@ def markdown(rows: list[Row], threads: int, runs: int, load_before: str, load_af
                 f"{d['pred_logits']:.1e} | {d['pred_boxes']:.1e} | {masks} | {row.latency_s[engine] * 1000:.0f} | "
                 f"{eager / row.latency_s[engine]:.2f}× |"
             )
-    lines += ["", "Max diff: max |exported − eager| over the check inputs of `validate_export` (one image of "
+    lines += ["", "Max diff: max |exported − eager| over the check inputs of `verify_export` (one image of "
               "another size, two images of different sizes padded together). Speed vs eager > 1 means faster."]
     return "\n".join(lines) + "\n"
 

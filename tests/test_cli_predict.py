@@ -115,8 +115,8 @@ def test_predict_errors_are_one_line(tmp_path, checkpoint, dataset, capsys, monk
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr("torchdetr.inference.loading.load_checkpoint", offline)
-    monkeypatch.setattr("torchdetr.inference.loading.build_detector", lambda cfg: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert main(["predict", image, "--model", "detr_resnet50", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "detr_resnet50" in err and "download" in err and "\n" not in err
@@ -146,15 +146,14 @@ def test_visualize_attention_writes_the_two_pictures(tmp_path, checkpoint, datas
 def test_predict_with_onnx_matches_pytorch(tmp_path, checkpoint, dataset):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from torchdetr.inference.export import export_onnx
+    import onnx
+
+    from torchdetr.inference.export import export_onnx, loaded_model_metadata
     from torchdetr.inference.loading import load_model
 
     loaded = load_model(checkpoint)
     onnx_path = tmp_path / "tiny.onnx"
-    export_onnx(loaded.model, onnx_path, sample_size=(128, 160), check=False, metadata={
-        "torchdetr.config": json.dumps(loaded.config.to_dict()),
-        "torchdetr.category_names": json.dumps({str(k): v for k, v in loaded.category_names.items()}),
-    })
+    export_onnx(loaded.model, onnx_path, sample_size=(128, 160), check=False, metadata=loaded_model_metadata(loaded))
     images = [str(dataset / "images" / f"val_00000{i}.png") for i in range(2)]
     runs = {}
     for kind, flag in (("torch", ["--model", str(checkpoint)]), ("onnx", ["--onnx", str(onnx_path)])):
@@ -169,9 +168,17 @@ def test_predict_with_onnx_matches_pytorch(tmp_path, checkpoint, dataset):
         assert np.abs(np.subtract(match["bbox"], r["bbox"])).max() < 0.05
         assert match["score"] == pytest.approx(r["score"], abs=1e-4)
     detector = Detector.from_onnx(onnx_path, device="cpu")
-    assert detector.category_names == loaded.category_names and detector.image_size == 128
+    assert detector.category_names == loaded.category_names
+    assert (detector.image_size, detector.max_size) == (loaded.image_size, loaded.max_size) == (128, 213)
     with pytest.raises(ValueError, match="PyTorch model"):
         detector.attention(images[0])
+    # a file exported before the size was recorded: the size of its stored config
+    proto = onnx.load(str(onnx_path))
+    kept = [p for p in proto.metadata_props if p.key not in ("torchdetr.image_size", "torchdetr.max_size")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    assert Detector.from_onnx(tmp_path / "old.onnx", device="cpu").image_size == 128
 
 
 @pytest.mark.slow

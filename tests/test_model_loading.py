@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.error import URLError
+
 import pytest
 import torch
 
 from torchdetr import DETRConfig, build_model, hub
+from torchdetr.errors import DownloadError, InputFileError, MissingFileError
 from torchdetr.inference.loading import config_from_checkpoint, infer_architecture, load_model
 
 from .conftest import rebuild_oracle_checkpoint
@@ -39,6 +43,7 @@ def test_an_official_file_on_disk_is_recognised_by_its_name(tmp_path):
     torch.save({"model": reference.state_dict()}, path)
     loaded = load_model(path)
     assert loaded.config.dilation and loaded.category_names[1] == "person"
+    assert (loaded.image_size, loaded.max_size) == (800, 1333)  # the official models' input size (models.zoo)
     images = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(images)["pred_boxes"], reference(images)["pred_boxes"])
@@ -71,5 +76,61 @@ def test_ema_weights_are_preferred(tmp_path):
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="neither an official model name"):
+    with pytest.raises(MissingFileError, match="neither an official model name"):
         load_model("detr_resnet51")
+
+
+# ------------------------------------------------------------------------------ downloads
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache and no network: every download attempt raises URLError."""
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_offline_official_model_is_one_download_error_naming_model_url_and_remedy(offline_hub):
+    url = hub.OFFICIAL_MODELS["detr_resnet50"].url
+    for call in (lambda: load_model("detr_resnet50"), lambda: hub.detr_resnet50(pretrained=True)):
+        with pytest.raises(DownloadError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("detr_resnet50: could not download")
+        assert url in message and "Temporary failure" in message
+        assert str(offline_hub / "detr-r50-e632da11.pth") in message and "--model PATH" in message
+
+
+def test_a_hash_mismatch_is_a_download_error(tmp_path, monkeypatch):
+    def wrong_file(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0123abcd")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", wrong_file)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(DownloadError, match=r"detr_resnet50: .*does not match its hash.*e632da11"):
+        load_model("detr_resnet50")
+
+
+def test_a_corrupt_cached_download_is_an_input_file_error_naming_the_file(offline_hub):
+    offline_hub.mkdir(parents=True)
+    (offline_hub / "detr-r50-e632da11.pth").write_bytes(b"\x00 truncated")
+    with pytest.raises(InputFileError, match=r"detr-r50-e632da11\.pth"):
+        load_model("detr_resnet50")
+
+
+def test_backbone_weights_report_only_download_failures_as_such(offline_hub, tmp_path):
+    from torchdetr.models.backbone import imagenet_state_dict
+
+    with pytest.raises(DownloadError, match=r"ImageNet weights of resnet18.*--backbone_weights PATH"):
+        imagenet_state_dict("resnet18")
+    corrupt = tmp_path / "resnet18.pth"
+    corrupt.write_bytes(b"not a state dict")
+    with pytest.raises(InputFileError, match=r"resnet18\.pth"):
+        imagenet_state_dict("resnet18", str(corrupt))
+    cached = offline_hub / "resnet18-f37072fd.pth"  # torchvision's file name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"damaged")
+    with pytest.raises(InputFileError, match=r"resnet18-f37072fd\.pth"):
+        imagenet_state_dict("resnet18")

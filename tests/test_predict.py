@@ -67,6 +67,16 @@ def test_from_pretrained_reads_names_and_image_size(detector):
     assert not detector.model.training
 
 
+def test_a_checkpoint_trained_at_256_pixels_is_predicted_at_256_without_being_told(tmp_path):
+    """The input size travels with the checkpoint (its args), as torchvision's weights carry their transforms."""
+    path = write_tiny_checkpoint(tmp_path / "256.pth", image_size=256)
+    detector = Detector.from_pretrained(path, "cpu")
+    assert (detector.image_size, detector.max_size) == (256, round(1333 * 256 / 800))
+    batch = detector.batch([random_image(100, 150)])  # 2:3 → shorter side 256, longer 384 (< 427)
+    assert tuple(batch.tensors.shape[-2:]) == (256, 384)
+    assert Detector.from_pretrained(path, "cpu", image_size=192).image_size == 192  # an explicit size wins
+
+
 def test_synthetic_runs_at_the_default_size_predict_at_128_pixels(tmp_path):
     """``--dataset_file synthetic`` without ``--image_size`` trains on 128 px images: predict at that size."""
     path = write_tiny_checkpoint(tmp_path / "synthetic.pth", image_size=800, dataset_file="synthetic")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..data.io import load_rgb_image, to_upright_rgb
 from ..data.transforms import validation_size
 from ..engine.runtime import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.postprocess import PostProcess
 from ..structures import NestedTensor, nested_tensor_from_tensor_list
 from .attention import AttentionMaps, capture_attention
@@ -50,7 +50,7 @@ def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"{what}: expected an RGB image of shape [H, W, 3] (or [H, W]), got {array.shape}")
+        raise DataError(f"{what}: expected an RGB image of shape [H, W, 3] (or [H, W]), got {array.shape}")
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     array = array[:, :, :3]
@@ -58,14 +58,14 @@ def _uint8_hwc(array: np.ndarray, what: str) -> np.ndarray:
         return np.ascontiguousarray(array)
     if np.issubdtype(array.dtype, np.floating):
         if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
-            raise ValueError(
+            raise DataError(
                 f"{what}: float images must hold RGB values in [0, 1] (got {np.nanmin(array):.3g}..{np.nanmax(array):.3g}); "
                 "pass un-normalised images: the detector normalises them itself"
             )
         return np.round(np.nan_to_num(array) * 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer) and array.size and array.min() >= 0 and array.max() <= 255:
         return array.astype(np.uint8)
-    raise ValueError(f"{what}: unsupported image dtype {array.dtype} (use uint8 0..255 or float 0..1)")
+    raise DataError(f"{what}: unsupported image dtype {array.dtype} (use uint8 0..255 or float 0..1)")
 
 
 def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
@@ -85,7 +85,7 @@ def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
         if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
             tensor = tensor.permute(1, 2, 0)
         elif tensor.dim() != 2:
-            raise ValueError(f"{what}: expected a [3, H, W] image tensor, got shape {tuple(image.shape)}")
+            raise DataError(f"{what}: expected a [3, H, W] image tensor, got shape {tuple(image.shape)}")
         return Image.fromarray(_uint8_hwc(tensor.numpy(), what))
     if isinstance(image, np.ndarray):
         return Image.fromarray(_uint8_hwc(image, what))
