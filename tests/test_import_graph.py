@@ -12,12 +12,7 @@ import pytest
 
 # Import edges known to close a cycle today, each with who removes it. An edge leaves this list when its
 # cycle is gone (the test says so); nothing else may close a cycle.
-KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    ("torchdetr.inference.attention", "torchdetr.inference.detector"):
-        "inference (issue 9): attention.py imports Detection from detector.py, which imports attention.py",
-    ("torchdetr.inference.export", "torchdetr"):
-        "inference (issue 9): export.py imports __version__ from the root package, whose facade imports detector.py",
-}
+KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _graph() -> grimp.ImportGraph:

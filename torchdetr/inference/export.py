@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..models.detr import DETR
 from ..models.segmentation import DETRsegm
 from ..structures import NestedTensor
+from ..version import __version__
 from .export_contract import (
     BOX_OUTPUTS,
     DEFAULT_OPSET,
@@ -149,8 +150,6 @@ def _export(wrapper: ExportWrapper, inputs: tuple[Tensor, Tensor], dynamic: bool
 # ---------------------------------------------------------------------------------------------
 def default_metadata(model: nn.Module, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Key → text stored in exported files: version, classes, queries, masks, input convention, + ``extra``."""
-    from .. import __version__
-
     wrapper = ExportWrapper(model)
     values = {
         "torchdetr.version": __version__,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import DETRConfig
-from ..errors import InputFileError, MissingExtraError, MissingFileError
+from ..errors import ConfigError, InputFileError, MissingExtraError, MissingFileError
 from ..structures import NestedTensor, as_nested_tensor
 from .export_contract import BOX_OUTPUTS, INPUT_NAMES, MASK_OUTPUT, check_format, format_from_path
 from .loading import validation_size
@@ -124,9 +124,11 @@ class OnnxRunner:
             return None
         try:
             values = json.loads(text)
-            return DETRConfig(**{k: v for k, v in values.items() if k in DETRConfig.__dataclass_fields__})
-        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-            log.warning("%s: unreadable torchdetr.config metadata; ignored", self.path)
+            if not isinstance(values, dict):
+                raise ConfigError(f"expected a JSON object, got {type(values).__name__}")
+            return DETRConfig.from_checkpoint_args(values, source=f"{self.path} (torchdetr.config)")
+        except (json.JSONDecodeError, ConfigError) as err:
+            log.warning("%s: unreadable torchdetr.config metadata, ignored (%s)", self.path, _first_line(err))
             return None
 
     @property

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..categories import COCO_CATEGORIES
-from ..config import DETRConfig
+from ..config import ORIGINAL_IMAGE_SIZE, ORIGINAL_MAX_SIZE, DETRConfig
 from .weight_files import download_weights
 
 WEIGHTS_BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
-ORIGINAL_IMAGE_SIZE = 800  # the original validation resize: shorter side 800 px ...
-ORIGINAL_MAX_SIZE = 1333  # ... longer side at most 1333 px
 
 
 @dataclass(frozen=True)
