@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..categories import COCO_CATEGORIES
 from ..config import DETRConfig
 from ..data.build import synthetic_image_size
-from ..engine.checkpoint import checkpoint_args, load_checkpoint, load_model_state
+from ..engine.checkpoint import checkpoint_args, evaluated_weights, load_checkpoint, load_model_state
 from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
 from ..models.weight_files import is_url
@@ -177,11 +177,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
     checkpoint = load_checkpoint(source)
     cfg = config_from_checkpoint(checkpoint, source)
     model = build_detector(cfg)
-    state = checkpoint["model"]
-    ema = checkpoint.get("ema")
-    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("model"), Mapping):
+    state, is_ema = evaluated_weights(checkpoint, use_ema)
+    if is_ema:
         log.info("%s: using its EMA weights (the weights training evaluated)", source)
-        state = ema["model"]
     load_model_state(model, state, source=source)
     model.to(device).eval()
     image_size, max_size = validation_size(cfg)
