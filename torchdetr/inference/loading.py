@@ -6,7 +6,7 @@ heads, DC5 dilation) falls back to the original defaults with a warning.
 
 The input size travels with the model, as torchvision's weights carry their transforms: official
 models carry theirs in ``models.zoo`` (800 / 1333), a checkpoint the validation resize of the run
-that wrote it (its ``args``: ``image_size``, ``max_size``, the synthetic dataset's own size).
+that wrote it (its ``args`` through the data layer's one size rule, ``data.build.config_validation_size``).
 ``LoadedModel.image_size`` / ``max_size`` hold it; ``Detector`` and ``detr export`` read it there.
 """
 
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..categories import COCO_CATEGORIES
-from ..config import DETRConfig
-from ..data.build import synthetic_image_size
+from ..config import ORIGINAL_IMAGE_SIZE, ORIGINAL_MAX_SIZE, DETRConfig
+from ..data.build import config_validation_size
 from ..engine.checkpoint import checkpoint_args, evaluated_weights, load_checkpoint, load_model_state
 from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
@@ -46,18 +46,8 @@ class LoadedModel:
     config: DETRConfig
     category_names: dict[int, str] = field(default_factory=dict)
     source: str = ""
-    image_size: int = 800
-    max_size: int = 1333
-
-
-def validation_size(cfg: DETRConfig) -> tuple[int, int]:
-    """(shorter side, longer-side cap) of the validation resize of the run ``cfg`` describes.
-
-    The synthetic dataset's images are 128 px unless ``image_size`` was given; the cap defaults to
-    the original 1333 scaled by ``image_size / 800``.
-    """
-    image_size = synthetic_image_size(cfg) if cfg.dataset_file == "synthetic" else cfg.image_size
-    return image_size, cfg.replace(image_size=image_size).resolved_max_size
+    image_size: int = ORIGINAL_IMAGE_SIZE
+    max_size: int = ORIGINAL_MAX_SIZE
 
 
 def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
@@ -182,6 +172,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
         log.info("%s: using its EMA weights (the weights training evaluated)", source)
     load_model_state(model, state, source=source)
     model.to(device).eval()
-    image_size, max_size = validation_size(cfg)
+    image_size, max_size = config_validation_size(cfg)
     return LoadedModel(model=model, config=cfg, category_names=_category_names(checkpoint, cfg.num_classes),
                        source=source, image_size=image_size, max_size=max_size)

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ..config import DETRConfig
+from ..data.build import config_validation_size
 from ..errors import ConfigError, InputFileError, MissingExtraError, MissingFileError
 from ..structures import NestedTensor, as_nested_tensor
 from .export_contract import BOX_OUTPUTS, INPUT_NAMES, MASK_OUTPUT, check_format, format_from_path
-from .loading import validation_size
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class OnnxRunner:
                 return int(metadata["torchdetr.image_size"]), int(metadata["torchdetr.max_size"])
             except (KeyError, ValueError):
                 raise InputFileError(f"{self.path}: unreadable torchdetr.image_size / max_size metadata") from None
-        return validation_size(self.config or DETRConfig())
+        return config_validation_size(self.config or DETRConfig())
 
     def __call__(self, samples: Samples) -> dict[str, Tensor]:
         images, mask = _padded_inputs(samples)
