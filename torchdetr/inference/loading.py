@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ..categories import COCO_CATEGORIES
-from ..config import ORIGINAL_IMAGE_SIZE, ORIGINAL_MAX_SIZE, DETRConfig
+from ..config import DETRConfig
 from ..data.build import config_validation_size
+from ..data.transforms import REFERENCE_MAX_SIZE, REFERENCE_SIZE
 from ..engine.checkpoint import checkpoint_args, evaluated_weights, load_checkpoint, load_model_state
 from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
@@ -46,8 +47,8 @@ class LoadedModel:
     config: DETRConfig
     category_names: dict[int, str] = field(default_factory=dict)
     source: str = ""
-    image_size: int = ORIGINAL_IMAGE_SIZE
-    max_size: int = ORIGINAL_MAX_SIZE
+    image_size: int = REFERENCE_SIZE
+    max_size: int = REFERENCE_MAX_SIZE
 
 
 def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..categories import COCO_CATEGORIES
-from ..config import ORIGINAL_IMAGE_SIZE, ORIGINAL_MAX_SIZE, DETRConfig
+from ..config import DETRConfig
 from .weight_files import download_weights
 
 WEIGHTS_BASE_URL = "https://dl.fbaipublicfiles.com/detr/"
+# The released weights were trained and evaluated with the original recipe's validation resize
+# (facts about these files, like their AP; data.transforms.validation_size is the rule for other models).
+RELEASED_IMAGE_SIZE = 800  # shorter side
+RELEASED_MAX_SIZE = 1333  # longer-side cap
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class OfficialModel:
     num_classes: int = 91
     metrics: dict[str, float] = field(default_factory=dict)
     categories: dict[int, str] = field(default_factory=lambda: dict(COCO_CATEGORIES))
-    image_size: int = ORIGINAL_IMAGE_SIZE
-    max_size: int = ORIGINAL_MAX_SIZE
+    image_size: int = RELEASED_IMAGE_SIZE
+    max_size: int = RELEASED_MAX_SIZE
 
     def config(self, **overrides: Any) -> DETRConfig:
         """The architecture as a ``DETRConfig`` (hub models: aux loss off)."""
