@@ -19,8 +19,9 @@ from torchdetr.engine.checkpoint import (
 from torchdetr.engine.start import load_start_weights
 from torchdetr.errors import InputFileError
 
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32, num_queries=5,
-            backbone_weights="none")
+from .tiny import TINY_MODEL
+
+TINY = TINY_MODEL | dict(dec_layers=1, dim_feedforward=32)
 
 
 def small_state(value: float = 1.0, epoch: int = 0) -> dict:

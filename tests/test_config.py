@@ -33,10 +33,10 @@ from torchdetr.config import (
 from torchdetr.errors import ConfigError, MissingFileError
 
 from .conftest import ROOT
+from .tiny import TINY_MODEL
 
 PACKAGE = ROOT / "torchdetr"
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
-            num_queries=4, num_classes=3, backbone_weights="none")
+TINY = TINY_MODEL | dict(dec_layers=1, dim_feedforward=32, num_queries=4, num_classes=3)
 
 # the flags of facebookresearch/detr's main.py (its get_args_parser), which checkpoints store as `args`
 ORIGINAL_FLAGS = (

@@ -27,13 +27,14 @@ from torchdetr.models.build import build_detector
 from torchdetr.models.postprocess import PostProcess
 from torchdetr.structures import nested_tensor_from_tensor_list
 
+from .tiny import tiny_config
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 TOL = 1e-4
 SAMPLE = (64, 80)  # export sample (H, W); the inputs below are all of other sizes
-DETECTION = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=64,
-                       num_queries=5, num_classes=3, backbone_weights="none")
+DETECTION = tiny_config(nheads=4, dec_layers=1, num_classes=3)
 # the mask head's GroupNorm(8) layers need hidden_dim/16 and hidden_dim + nheads divisible by 8
 SEGMENTATION = DETECTION.replace(hidden_dim=128, nheads=8, masks=True)
 

@@ -18,6 +18,8 @@ from torchdetr.engine.checkpoint import load_model_state
 from torchdetr.losses.matcher import HungarianMatcher
 from torchdetr.losses.set_criterion import default_weight_dict
 
+from .tiny import tiny_config
+
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
     """Valid normalised cxcywh boxes."""
@@ -70,8 +72,7 @@ def test_matcher_rejects_non_finite_outputs():
 
 
 def tiny_criterion(eos_coef=0.1, num_classes=3):
-    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=32,
-                     num_queries=4, num_classes=num_classes, eos_coef=eos_coef)
+    cfg = tiny_config(dim_feedforward=32, num_queries=4, num_classes=num_classes, eos_coef=eos_coef)
     return build_model(cfg)[1]
 
 
@@ -127,7 +128,6 @@ def test_default_weight_dict_replicates_for_aux_layers():
 
 
 def test_cls_loss_coef_weights_the_class_loss_of_every_layer():
-    from torchdetr import DETRConfig
     from torchdetr.losses.build import build_criterion
 
     criterion = build_criterion(DETRConfig(num_classes=5, dec_layers=3, cls_loss_coef=2.5))
@@ -138,8 +138,7 @@ def test_cls_loss_coef_weights_the_class_loss_of_every_layer():
 
 # ------------------------------------------------------------------ checkpoint loading
 def _tiny_model(num_classes=3):
-    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
-                     num_queries=4, num_classes=num_classes)
+    cfg = tiny_config(dec_layers=1, dim_feedforward=32, num_queries=4, num_classes=num_classes)
     return build_model(cfg)[0], cfg
 
 

@@ -8,11 +8,12 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from torchdetr import DETRConfig, build_model, hub
+from torchdetr import build_model, hub
 from torchdetr.errors import DownloadError, InputFileError, MissingFileError
 from torchdetr.inference.loading import config_from_checkpoint, infer_architecture, load_model
 
 from .conftest import rebuild_oracle_checkpoint
+from .tiny import tiny_config
 
 ORACLE_ARCH = {
     "tiny_r18_postnorm_sine": dict(backbone="resnet18", hidden_dim=64, enc_layers=2, dec_layers=3, num_queries=12,
@@ -50,8 +51,7 @@ def test_an_official_file_on_disk_is_recognised_by_its_name(tmp_path):
 
 
 def test_args_disagreeing_with_weights_lose(tmp_path, caplog):
-    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
-                     num_queries=4, num_classes=3)
+    cfg = tiny_config(dec_layers=1, dim_feedforward=32, num_queries=4, num_classes=3)
     model = build_model(cfg)[0]
     import argparse
 
@@ -62,8 +62,7 @@ def test_args_disagreeing_with_weights_lose(tmp_path, caplog):
 
 
 def test_ema_weights_are_preferred(tmp_path):
-    cfg = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
-                     num_queries=4, num_classes=3)
+    cfg = tiny_config(dec_layers=1, dim_feedforward=32, num_queries=4, num_classes=3)
     raw, ema = build_model(cfg)[0], build_model(cfg)[0]
     import argparse
 

@@ -11,9 +11,9 @@ from torchdetr import DETRConfig, NestedTensor, build_model, hub, nested_tensor_
 from torchdetr.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 
 from .conftest import REFERENCE, require
+from .tiny import TINY_MODEL
 
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
-            num_queries=5, num_classes=7, backbone_weights="none", backbone_norm="frozen")
+TINY = TINY_MODEL | dict(num_classes=7, backbone_norm='frozen')
 
 
 def read_tsv(name: str) -> list[tuple[str, list[int], str]]:

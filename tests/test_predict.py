@@ -18,8 +18,9 @@ from torchdetr.data.transforms import make_transforms
 from torchdetr.inference.detector import Detection, to_pil_image
 from torchdetr.models.build import build_detector
 
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=64,
-            num_queries=10, num_classes=6, backbone_weights="none", image_size=128, dropout=0.0)
+from .tiny import TINY_MODEL
+
+TINY = TINY_MODEL | dict(dec_layers=1, num_queries=10, num_classes=6, image_size=128, dropout=0.0)
 NAMES = {1: "circle", 2: "square", 3: "triangle", 4: "cross", 5: "ring"}
 
 

@@ -21,9 +21,10 @@ from torchdetr.inference.loading import load_model
 from torchdetr.structures import collate_fn
 from torchdetr.training import build_training_model
 
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
-            num_queries=8, backbone_weights="none", dataset_file="synthetic", num_train=16, num_val=8, image_size=64,
-            batch_size=4, num_workers=0, epochs=1, device="cpu", lr_backbone=1e-4)
+from .tiny import TINY_MODEL
+
+TINY = TINY_MODEL | dict(num_queries=8, dataset_file='synthetic', num_train=16, num_val=8, image_size=64, batch_size=4,
+                         num_workers=0, epochs=1, device='cpu', lr_backbone=0.0001)
 
 
 def test_training_steps_reduce_the_loss_on_a_fixed_batch():

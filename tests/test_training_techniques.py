@@ -17,8 +17,9 @@ from torchdetr.models.postprocess import PostProcess
 from torchdetr.training import ModelEMA, build_lr_scheduler, build_training_model
 from torchdetr.training.queries import attention_mask
 
-TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64,
-            num_queries=4, num_classes=5, backbone_weights="none", dropout=0.0)
+from .tiny import TINY_MODEL
+
+TINY = TINY_MODEL | dict(num_queries=4, num_classes=5, dropout=0.0)
 
 
 def targets_batch():
