@@ -2,7 +2,8 @@
 
 A renamed or removed flag, or a command that no longer exists, fails here: the documentation and the
 tool cannot drift apart. Commands are parsed, not run (most need data or weights users have and CI has
-not); the runnable ones (quick start, synthetic data, predict, plot) are run by their own tests. Synopsis lines (``[--flag X]``, ``…``, ``...``) are skipped: they describe, they are not commands.
+not); the runnable ones (quick start, synthetic data, predict, plot) are run by their own tests.
+Synopsis lines (``[--flag X]``, ``…``, ``...``) are skipped: they describe, they are not commands.
 """
 
 from __future__ import annotations
