@@ -162,8 +162,8 @@ def run_files(folder: Path) -> list[Path]:
     found = []
     for path in sorted(folder.iterdir()):
         name = path.name
-        if (name in (CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, LOG_FILE) or EXTRA_CHECKPOINT.match(name) or DETECTIONS_FILE.match(name)
-                or (name in RUN_FOLDERS and path.is_dir())):
+        if (name in (CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, LOG_FILE) or EXTRA_CHECKPOINT.match(name)
+                or DETECTIONS_FILE.match(name) or (name in RUN_FOLDERS and path.is_dir())):
             found.append(path)
     return found
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..categories import COCO_CATEGORIES
 from ..config import DETRConfig
 from ..engine.checkpoint import checkpoint_args, infer_num_classes, load_checkpoint, load_model_state
+from ..errors import MissingFileError
 from ..models.build import build_detector
 from ..models.zoo import OFFICIAL_MODELS
 
@@ -115,13 +116,30 @@ def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int
     return {}
 
 
+RUN_CHECKPOINTS = ("checkpoint_best.pth", "checkpoint.pth")  # what a training run's folder offers, preferred first
+
+
+def run_checkpoint(name_or_path: str | Path) -> str:
+    """A training run's folder → its ``checkpoint_best.pth`` (else ``checkpoint.pth``), said in the log; anything
+    else unchanged. Raises ``MissingFileError`` for a folder holding neither."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    for name in RUN_CHECKPOINTS:
+        if (path / name).is_file():
+            log.info("%s: loading %s", path, path / name)
+            return str(path / name)
+    raise MissingFileError(f"--model {path} is a folder without {' or '.join(RUN_CHECKPOINTS)} (not a training run's folder)")
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode.
+    """Official name (``detr_resnet50``, …; downloads the weights), checkpoint path/URL or a training run's folder
+    (its ``checkpoint_best.pth``, else ``checkpoint.pth``: :func:`run_checkpoint`) → model in eval mode.
 
     A checkpoint trained with ``--ema`` holds the averaged weights under ``ema``; they are the ones
     training evaluated, so they are used unless ``use_ema=False``.
     """
-    source = str(name_or_path)
+    source = run_checkpoint(name_or_path)
     official_files = {Path(spec.url).name: name for name, spec in OFFICIAL_MODELS.items()}
     if Path(source).name in official_files and Path(source).is_file():
         # a released file on disk: its architecture (DC5 included, which weights cannot tell) is known

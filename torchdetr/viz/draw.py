@@ -87,11 +87,13 @@ def draw_detections(
     *,
     line_width: int | None = None,
     font_size: int | None = None,
+    show_scores: bool = True,
 ) -> Image.Image:
     """A copy of ``image`` (RGB) with each detection's box (x1, y1, x2, y2 pixels) and label drawn.
 
     Boxes are clipped to the image. Higher-scoring detections are drawn last (on top), and all
-    labels after all boxes, so no box line crosses a label.
+    labels after all boxes, so no box line crosses a label. ``show_scores=False`` writes the class name
+    alone (ground-truth boxes).
     """
     canvas = image.convert("RGB")  # always a new image
     width, height = canvas.size
@@ -109,7 +111,8 @@ def draw_detections(
         draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
         placed.append(((x1, y1, x2, y2), det))
     for (x1, y1, _x2, _y2), det in placed:
-        _draw_label(draw, label_text(det), (x1, y1), class_color(det.label), font, canvas.size)
+        _draw_label(draw, label_text(det) if show_scores else det.name, (x1, y1), class_color(det.label), font,
+                    canvas.size)
     return canvas
 
 
