@@ -39,7 +39,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
       ``split_seed(cfg.seed, image_set)``, so train and val differ. When ``cfg.image_size`` is the
       default 800 the images, and the transform recipe, use the synthetic native size of 128 px.
 
-    Transforms are ``make_transforms(image_set, image_size, cfg.max_size)``.
+    Transforms are ``make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe, cfg.augment)``.
     """
     if image_set not in ("train", "val"):
         raise ConfigError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
@@ -47,7 +47,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
         if not cfg.coco_path:
             raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
         files = resolve_split(cfg.coco_path, image_set)
-        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe)
+        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe, cfg.augment)
         return CocoDetection(files.images_dir, files.ann_file, transforms=transforms, return_masks=cfg.masks)
     if cfg.dataset_file == "synthetic":
         image_size = synthetic_image_size(cfg)
@@ -55,7 +55,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
             cfg.num_train if image_set == "train" else cfg.num_val,
             seed=split_seed(cfg.seed, image_set),
             image_size=image_size,
-            transforms=make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe),
+            transforms=make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe, cfg.augment),
             return_masks=cfg.masks,
         )
     raise ConfigError(
