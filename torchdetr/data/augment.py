@@ -113,7 +113,7 @@ class ClipToImage(torch.nn.Module):
         self.operation = operation
 
     def forward(self, image: Any, target: Target | None = None) -> Sample:
-        before = box_area(target["boxes"].as_subclass(Tensor)) if target is not None and "boxes" in target else None
+        before = box_area(target["boxes"].as_subclass(Tensor).float()) if target is not None and "boxes" in target else None
         image, target = self.operation(image, target)
         if before is None:
             return image, target
@@ -123,7 +123,7 @@ class ClipToImage(torch.nn.Module):
         keep = (plain[:, 2] > plain[:, 0]) & (plain[:, 3] > plain[:, 1])
         target["boxes"] = boxes
         if "area" in target:
-            target["area"] = target["area"] * box_area(plain) / before.clamp(min=torch.finfo(before.dtype).tiny)
+            target["area"] = target["area"] * box_area(plain.float()) / before.clamp(min=torch.finfo(torch.float32).tiny)
         if not bool(keep.all()):
             if DROP_COUNTS:
                 DROP_COUNTS[-1] += int((~keep).sum())
