@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as F
 
 from torchdetr.cli import main as cli_main
-from torchdetr.data.augment import Augmentation, ClipToImage, load_augmentation, presets
+from torchdetr.data.augment import Augmentation, ClipToImage, augment_transforms, load_augmentation, presets
 from torchdetr.data.synthetic import write_coco_folder
 from torchdetr.data.transforms import make_transforms, prepare_sample
 from torchdetr.errors import ConfigError
@@ -135,7 +135,7 @@ def test_presets_draw_what_the_recipes_draw(recipe, image_size):
     assert set(presets()) == {"original", "small"}
     image, target = _marked_sample()
     builtin = make_transforms("train", image_size, recipe=recipe)
-    from_file = make_transforms("train", image_size, augment=recipe)
+    from_file = augment_transforms(recipe, image_size)
     for seed in range(8):
         torch.manual_seed(seed)
         expected_image, expected = builtin(image, target)
@@ -165,11 +165,11 @@ def test_files_that_are_not_augmentation_files_and_conflicting_options_are_refus
     from torchdetr.errors import MissingFileError
 
     (tmp_path / "list.yaml").write_text("- RandomHorizontalFlip: {}\n")
-    with pytest.raises(ConfigError, match="list.yaml: an augmentation file holds 'train'"):
+    with pytest.raises(ConfigError, match=r"list\.yaml: an augmentation file holds 'train'"):
         load_augmentation(str(tmp_path / "list.yaml"), 128)
     with pytest.raises(MissingFileError, match="not a preset"):
         load_augmentation(str(tmp_path / "nothing.yaml"), 128)
-    with pytest.raises(ConfigError, match="--augment .* --train_recipe small"):
+    with pytest.raises(ConfigError, match=r"--augment .* --train_recipe small"):
         DETRConfig(augment="original", train_recipe="small")
 
 

@@ -122,7 +122,7 @@ def test_logger_values_are_checked():
     from torchdetr import DETRConfig
     from torchdetr.errors import ConfigError
 
-    assert DETRConfig(logger="mlflow,tensorboard,mlflow").loggers == ("mlflow", "tensorboard")
-    assert DETRConfig(logger="none").loggers == ()
+    assert loggers.tracker_names(DETRConfig(logger="mlflow,tensorboard,mlflow").logger) == ("mlflow", "tensorboard")
+    assert loggers.tracker_names(DETRConfig(logger="none").logger) == ()
     with pytest.raises(ConfigError, match="--logger"):
         DETRConfig(logger="comet")

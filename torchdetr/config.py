@@ -323,11 +323,6 @@ class DETRConfig(ModelConfig):
                               "augmentation: choose one (the small recipe is --augment small)")
 
     @property
-    def loggers(self) -> tuple[str, ...]:
-        """``--logger`` as a tuple of tracker names (empty for ``none``), each once."""
-        return tuple(dict.fromkeys(name for name in self.logger.split(",") if name != "none"))
-
-    @property
     def model(self) -> ModelConfig:
         """The architecture part alone, with ``backbone_norm`` resolved."""
         values = {name: getattr(self, name) for name in model_field_names()}

@@ -45,7 +45,17 @@ from torchvision.ops import box_area
 from torchvision.transforms import v2
 
 from ..errors import ConfigError, MissingFileError
-from .transforms import DROP_COUNTS, PER_OBJECT_KEYS, RandomResize, RandomSizeCrop, Sample, Target, _scaled, validation_size
+from .transforms import (
+    DROP_COUNTS,
+    PER_OBJECT_KEYS,
+    DetectionTransforms,
+    RandomResize,
+    RandomSizeCrop,
+    Sample,
+    Target,
+    _scaled,
+    validation_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +182,12 @@ def load_augmentation(value: str, image_size: int, max_size: int | None = None) 
         log.warning("%s: no RandomResize: training images keep their own size (validation resizes to %d px)", source,
                     image_size)
     return Augmentation(steps, source)
+
+
+def augment_transforms(value: str, image_size: int, max_size: int | None = None) -> DetectionTransforms:
+    """The training transforms of ``--augment``: :func:`load_augmentation` inside ``DetectionTransforms`` (the
+    normalised ``[3, H, W]`` image and (cx, cy, w, h) boxes the model takes; see ``transforms.make_transforms``)."""
+    return DetectionTransforms(load_augmentation(value, image_size, max_size))
 
 
 def _mentions(value: Any, name: str) -> bool:

@@ -315,8 +315,7 @@ SMALL_RECIPE_SCALES: tuple[float, ...] = (0.75, 0.875, 1.0, 1.125, 1.25)  # × i
 
 
 def make_transforms(
-    image_set: str, image_size: int = REFERENCE_SIZE, max_size: int | None = None, recipe: str = "original",
-    augment: str = "",
+    image_set: str, image_size: int = REFERENCE_SIZE, max_size: int | None = None, recipe: str = "original"
 ) -> Callable[[Image, Target | None], tuple[Tensor, Target | None]]:
     """The original DETR transforms, with every size scaled by ``image_size / 800``.
 
@@ -330,7 +329,7 @@ def make_transforms(
     centred on the validation size (the scaled original recipe trains mostly below it) and no crop
     (objects are never cut). Validation is the same for both recipes.
 
-    ``augment`` (a preset name or a YAML file, :mod:`.augment`) replaces the training recipe.
+    ``data.augment.augment_transforms`` replaces the training recipe by a file's (``--augment``).
 
     ``max_size`` defaults to ``round(1333 * image_size / 800)`` (:func:`validation_size`). The returned callable maps
     ``(image, target | None)`` to ``(image [3, H, W] float32 ImageNet-normalised, target | None)``;
@@ -340,11 +339,7 @@ def make_transforms(
     factor = image_size / REFERENCE_SIZE
     if recipe not in ("original", "small"):
         raise ConfigError(f"--train_recipe: unknown recipe {recipe!r} (original or small)")
-    if image_set == "train" and augment:
-        from .augment import load_augmentation
-
-        geometric = load_augmentation(augment, image_size, max_size)
-    elif image_set == "train" and recipe == "small":
+    if image_set == "train" and recipe == "small":
         scales = sorted({max(1, round(image_size * f)) for f in SMALL_RECIPE_SCALES})
         geometric = v2.Compose([v2.RandomHorizontalFlip(), RandomResize(scales, max_size=max_size)])
     elif image_set == "train":

@@ -254,6 +254,11 @@ class RunLoggers:
 TRACKER_PACKAGES: dict[str, str] = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker → package (= the extra's name)
 
 
+def tracker_names(logger: str) -> tuple[str, ...]:
+    """``--logger`` (``tensorboard,mlflow``, ``none``) as tracker names, each once."""
+    return tuple(dict.fromkeys(name for name in logger.split(",") if name and name != "none"))
+
+
 def require_trackers(names: Sequence[str]) -> None:
     """Raise ``MissingExtraError`` (one line naming the extra) for a tracker whose package is not installed."""
     import importlib.util

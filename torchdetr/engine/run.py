@@ -50,7 +50,7 @@ from .checkpoint import (
 from .datasets import load_run_data, resolve_num_classes
 from .evaluate import EvalResult, evaluate, evaluate_model
 from .loaders import make_loaders, set_epoch
-from .loggers import make_loggers, require_trackers
+from .loggers import make_loggers, require_trackers, tracker_names
 from .loop import TrainingDiverged, train_one_epoch
 from .optim import build_optimizer
 from .run_dir import RunDirectory, claim_output_dir, output_errors
@@ -104,7 +104,7 @@ def train(
     earlier run in it refused unless continued (``--resume auto``) or replaced (``--overwrite``).
     """
     if cfg.output_dir and not cfg.eval:
-        require_trackers(cfg.loggers)
+        require_trackers(tracker_names(cfg.logger))
     device, dist_info = start_process(cfg.device, cfg.seed, cfg.dist_url)
     with claim_output_dir(cfg) as directory:
         if cfg.eval and cfg.resume == RESUME_AUTO and not directory.resume:
@@ -159,7 +159,7 @@ def _train(
     best_path = best_checkpoint_path(output_dir) if output_dir is not None else None
     if best_path is not None and du.is_main_process():
         _drop_later_best(best_path, resumed.epoch, cfg.resume)
-    loggers = (make_loggers(cfg.loggers, output_dir, cfg.to_dict(), resumed.loggers)
+    loggers = (make_loggers(tracker_names(cfg.logger), output_dir, cfg.to_dict(), resumed.loggers)
                if output_dir is not None and du.is_main_process() else None)
     run_log = RunLog(output_dir, loggers)
 
