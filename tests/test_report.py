@@ -195,3 +195,49 @@ def test_unknown_categories_are_counted_and_bad_thresholds_refused():
         confusion_matrix(coco, [], conf=1.5)
     with pytest.raises(ConfigError, match="--iou"):
         confusion_matrix(coco, [], iou=0)
+
+
+def test_detr_eval_report_of_a_detections_file_and_of_a_run(tmp_path, capsys):
+    import json
+
+    from torchdetr.cli import main as cli_main
+    from torchdetr.data.synthetic import write_coco_folder
+
+    data = write_coco_folder(tmp_path / "data", num_train=4, num_val=6, seed=1)
+    ann = data / "annotations" / "instances_val.json"
+    gt = json.loads(ann.read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+            for a in gt["annotations"]]
+    dets[0]["category_id"] = next(c["id"] for c in gt["categories"] if c["id"] != dets[0]["category_id"])  # relabelled
+    missed = dets.pop()  # a missed object
+    results = tmp_path / "dets.json"
+    results.write_text(json.dumps(dets))
+    out = tmp_path / "report"
+    assert cli_main(["eval", "--ann", str(ann), "--results", str(results), "--report", str(out), "--worst", "2"]) == 0
+    saved = json.loads((out / "confusion_matrix.json").read_text())
+    ids = sorted(c["id"] for c in gt["categories"])
+    expected = np.zeros((len(ids) + 1, len(ids) + 1), dtype=int)
+    for a in gt["annotations"]:
+        expected[ids.index(a["category_id"]), ids.index(a["category_id"])] += 1
+    first, last = gt["annotations"][0], gt["annotations"][-1]
+    expected[ids.index(first["category_id"]), ids.index(first["category_id"])] -= 1
+    expected[ids.index(first["category_id"]), ids.index(dets[0]["category_id"])] += 1
+    expected[ids.index(last["category_id"]), ids.index(missed["category_id"])] -= 1
+    expected[ids.index(last["category_id"]), len(ids)] += 1
+    assert saved["matrix"] == expected.tolist() and saved["classes"][-1] == "background"
+    assert {p.name for p in out.iterdir()} >= {"confusion_matrix.png", "confusion_matrix_normalized.png", "report.json",
+                                               "report.txt", "f1_curve.png", "pr_curve.png", "worst_images"}
+    assert len(list((out / "worst_images").glob("*.png"))) == 2
+    assert cli_main(["eval", "--ann", str(ann), "--results", str(results), "--report", str(out)]) == 2  # not empty
+    assert "--overwrite" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    train = ["train", "--coco_path", str(data), "--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2",
+             "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "32", "--num_queries", "5", "--batch_size",
+             "2", "--backbone_weights", "none", "--num_workers", "0", "--device", "cpu", "--epochs", "1",
+             "--image_size", "64", "--output_dir", str(run), "--report", "false"]
+    assert cli_main(train) == 0 and not (run / "report").exists()
+    assert cli_main(["eval", "--model", str(run), "--coco_path", str(data), "--image_size", "64", "--device", "cpu",
+                     "--num_workers", "0", "--report", str(tmp_path / "model_report"), "--conf", "0.0"]) == 0
+    report = json.loads((tmp_path / "model_report" / "report.json").read_text())
+    assert report["model"] == str(run / "checkpoint_best.pth") and report["conf"] == 0.0

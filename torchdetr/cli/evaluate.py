@@ -28,21 +28,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", help="official model name, checkpoint path/URL, or a training run's folder (its "
                    "checkpoint_best.pth, else checkpoint.pth) (mode 2)")
     r = p.add_argument_group("error report (both modes)")
-    r.add_argument("--report", metavar="DIR", help="write the error report into DIR: confusion matrix, per-class "
-                   "precision/recall/F1, F1-optimal thresholds, PR and F1 curves, worst images (docs/evaluation.md)")
+    r.add_argument("--report", metavar="DIR", dest="report_dir",
+                   help="write the error report into DIR: confusion matrix, per-class precision/recall/F1, F1-optimal "
+                   "thresholds, PR and F1 curves, worst images (docs/evaluation.md)")
     r.add_argument("--conf", type=float, default=DEFAULT_CONF, help="report: score threshold (default %(default)s)")
     r.add_argument("--iou", type=float, default=DEFAULT_IOU, help="report: IoU threshold (default %(default)s)")
     r.add_argument("--worst", type=int, default=DEFAULT_WORST_IMAGES,
                    help="report: images with most errors drawn (default %(default)s)")
     r.add_argument("--overwrite", action="store_true", help="report: replace the files of a non-empty --report DIR")
     p.add_argument("--config", help="YAML/JSON file of options")
-    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"), exclude=("eval", "overwrite"))
+    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"),
+                         exclude=("eval", "overwrite", "report", "logger", "augment"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.report:
-        check_report_dir(Path(args.report), args.overwrite)
+    if args.report_dir:
+        check_report_dir(Path(args.report_dir), args.overwrite)
     if args.ann or args.results:
         if not (args.ann and args.results):
             raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
@@ -60,7 +62,7 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     print(f"{report.num_detections} detections on {report.num_images} images{ignored}")
     print(format_stats_table(report.stats, title=args.iou_type))
     print(format_per_class_table(report.per_class))
-    if args.report:
+    if args.report_dir:
         _file_report(args, report)
     return 0
 
@@ -88,10 +90,10 @@ def _file_report(args: argparse.Namespace, evaluated) -> None:
                           args.conf, args.iou, worst=args.worst)
     images = images_dir_for(Path(args.ann))
     load = None if images is None else (lambda image_id: load_rgb_image(images / coco_gt.imgs[image_id]["file_name"]))
-    write_report(report, args.report, coco_gt, evaluated.results, load,
+    write_report(report, args.report_dir, coco_gt, evaluated.results, load,
                  extra={"annotations": str(args.ann), "results": str(args.results)})
     print(format_report_table(report))
-    print(f"report written to {args.report}{'' if images else ' (no image folder found: no worst-image pictures)'}")
+    print(f"report written to {args.report_dir}{'' if images else ' (no image folder found: no worst-image pictures)'}")
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
@@ -99,14 +101,14 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
     cfg = config_for_model_evaluation(args)
     evaluation = evaluate_model(cfg)
-    if args.report:
+    if args.report_dir:
         from ..evaluation.report import format_report_table
         from ..viz.report import write_evaluation_report
 
-        report, _ = write_evaluation_report(evaluation.result, args.report, evaluation.dataset, conf=args.conf,
+        report, _ = write_evaluation_report(evaluation.result, args.report_dir, evaluation.dataset, conf=args.conf,
                                             iou=args.iou, worst=args.worst, extra={"model": cfg.resume})
         print(format_report_table(report))
-        print(f"report written to {args.report}")
+        print(f"report written to {args.report_dir}")
     return 0
 
 
