@@ -26,7 +26,8 @@ KILLED = -signal.SIGKILL
 TRAIN = ["train", "--dataset_file", "synthetic", "--num_train", "8", "--num_val", "4", "--image_size", "64",
          "--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "1",
          "--dim_feedforward", "32", "--num_queries", "5", "--batch_size", "4", "--backbone_weights", "none",
-         "--lr_backbone", "0", "--num_workers", "0", "--device", "cpu", "--epochs", str(EPOCHS)]
+         "--lr_backbone", "0", "--num_workers", "0", "--device", "cpu", "--epochs", str(EPOCHS),
+         "--best_metric", "loss"]  # the test loss improves from epoch to epoch: checkpoint_best.pth is rewritten
 # 2 iterations of 4 images per epoch; each step is one process, killed at the n-th time it reaches the point
 PLANNED_KILLS = [
     ("data", 5),  # epoch 0, second batch: nothing saved yet, the next run starts afresh
@@ -85,3 +86,10 @@ def test_a_run_killed_anywhere_and_resumed_with_the_same_command_loses_nothing(t
     for index, state in uninterrupted["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(resumed["optimizer"]["state"][index][key], value), (index, key)
+    # the best checkpoint, the best epoch and the patience counter in the log are those of the uninterrupted run
+    resumed_best, uninterrupted_best = load_checkpoint(run / "checkpoint_best.pth"), load_checkpoint(
+        reference / "checkpoint_best.pth")
+    assert resumed_best["best"] == uninterrupted_best["best"]
+    assert resumed_best["epoch"] == uninterrupted_best["epoch"] == reference_rows[-1]["best_epoch"]
+    for name, value in uninterrupted_best["model"].items():
+        assert torch.equal(resumed_best["model"][name], value), name

@@ -55,6 +55,9 @@ FALSE_WORDS = ("0", "false", "no", "off")
 DEVICE_PATTERN = (r"auto|cpu|(cuda|mps|xpu)(:\d+)?", "a device (auto, cpu, cuda, cuda:N, mps)")
 DIST_URL_PATTERN = (r"[a-z][a-z0-9+.-]*://.*", "a URL (env://, tcp://HOST:PORT, file://PATH)")
 RESUME_AUTO = "auto"  # --resume auto: the newest valid checkpoint of --output_dir
+LOGGERS: tuple[str, ...] = ("tensorboard", "mlflow", "wandb")  # --logger: any comma-separated subset, or none
+LOGGER_PATTERN = (rf"none|({'|'.join(LOGGERS)})(,({'|'.join(LOGGERS)}))*",
+                  f"a comma-separated list of {', '.join(LOGGERS)}, or none")
 
 
 def _option(
@@ -202,7 +205,11 @@ class DETRConfig(ModelConfig):
     num_val: int = _option(200, "synthetic dataset: validation images", "data", ge=1)
     train_recipe: str = _option(
         "original", "training augmentation: original (flip, multi-scale, random crop) or small (flip, scales "
-        "0.75-1.25 × image_size, no crop: for small images and short runs)", "data", choices=("original", "small"))
+        "0.75-1.25 × image_size, no crop: for small images and short runs); --augment replaces it", "data",
+        choices=("original", "small"))
+    augment: str = _option(
+        "", "training augmentation from a YAML file listing torchvision.transforms.v2 operations, or a preset name "
+        "(original, small; see `detr data preview`); '' = --train_recipe", "data")
     skip_data_check: bool = _option(False, "do not check the dataset for problems before training", "data")
 
     # --- optimisation (original main.py, then torchdetr's) ---
@@ -225,6 +232,16 @@ class DETRConfig(ModelConfig):
     eval_every: int = _option(1, "evaluate every N epochs (and after the last one)", "optimisation", ge=1)
     time_budget: float = _option(0.0, "stop training after this many minutes (0 = no limit), then evaluate",
                                  "optimisation", ge=0)
+    best_metric: str = _option(
+        "AP", "what checkpoint_best.pth is best at: AP, AP50 (bbox, higher is better), loss (test loss, lower is "
+        "better) or PQ (panoptic runs); the EMA model's with --ema", "optimisation",
+        choices=("AP", "AP50", "loss", "PQ"))
+    patience: int = _option(
+        0, "early stopping: stop after this many evaluations without an improvement of --best_metric (0 = never)",
+        "optimisation", ge=0)
+    min_delta: float = _option(
+        0.0, "early stopping and checkpoint_best.pth: the smallest change of --best_metric that counts as an "
+        "improvement", "optimisation", ge=0)
 
     # --- weights a training run starts from (original main.py, then torchdetr's) ---
     resume: str = _option(
@@ -257,6 +274,13 @@ class DETRConfig(ModelConfig):
     channels_last: bool = _option(False, "channels-last memory format for the backbone (faster convolutions on CPU)",
                                   "run")
     print_freq: int = _option(50, "log a progress line every N iterations when not on a terminal", "run", ge=1)
+    logger: str = _option(
+        "tensorboard", "experiment trackers, comma-separated: tensorboard, mlflow, wandb, or none (mlflow and wandb "
+        "are extras: pip install 'torchdetr[mlflow]'; they read their usual environment variables, e.g. "
+        "MLFLOW_TRACKING_URI, WANDB_MODE)", "run", pattern=LOGGER_PATTERN)
+    report: bool = _option(
+        True, "at the end of training, write the error report (confusion matrix, precision/recall/F1, worst images) "
+        "of the best model into --output_dir/report", "run")
 
     # --- training techniques for fast convergence (opt-in; defaults = the original) ---
     num_groups: int = _option(1, "query groups trained with their own one-to-one matching (Group DETR; 1 = off)",
@@ -290,6 +314,13 @@ class DETRConfig(ModelConfig):
             raise ConfigError("--num_groups / --dn_groups / --dense_head are for detection training; not with --masks")
         if self.two_stage and self.num_groups > 1:
             raise ConfigError("--two_stage needs --num_groups 1 (its dense head already gives one-to-many supervision)")
+        if self.best_metric == "PQ" and self.dataset_file != "coco_panoptic":
+            raise ConfigError(f"--best_metric PQ is the panoptic quality of panoptic runs (--dataset_file coco_panoptic); "
+                              f"this run (--dataset_file {self.dataset_file}) is evaluated with COCO AP: choose AP, AP50 "
+                              "or loss")
+        if self.augment and self.train_recipe != "original":
+            raise ConfigError(f"--augment {self.augment} and --train_recipe {self.train_recipe} both define the training "
+                              "augmentation: choose one (the small recipe is --augment small)")
 
     @property
     def model(self) -> ModelConfig:

@@ -1,4 +1,5 @@
-"""``detr data``: bring your own data — ``convert`` (VOC/YOLO/LabelMe → COCO), ``check``, ``stats``, ``synth``."""
+"""``detr data``: bring your own data — ``convert`` (VOC/YOLO/LabelMe → COCO), ``check``, ``stats``, ``preview``
+(augmentation), ``synth``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 
 DEFAULT_VAL_FRACTION = 0.2
 
@@ -51,6 +52,23 @@ def add_parser(subparsers) -> None:
     s.add_argument("path", metavar="DIR_OR_ANN", help="dataset folder or instances_*.json file")
     s.add_argument("--out", metavar="PNG", help="also draw the summary plot to this PNG file")
     s.set_defaults(func=run_stats)
+
+    v = sub.add_parser("preview", help="draw augmented training images with their boxes (what the model sees)",
+                       description="Render a grid: for a few images of a COCO dataset, the original and several draws "
+                                   "of the training augmentation (--augment FILE.yaml or a preset), with the "
+                                   "ground-truth boxes after augmentation. Never writes into the dataset.")
+    v.add_argument("--augment", default="original",
+                   help="augmentation file (YAML) or preset (original, small) (default %(default)s)")
+    v.add_argument("--coco_path", required=True, help="COCO-format dataset folder")
+    v.add_argument("--split", default="train", help="split to draw from (default %(default)s)")
+    v.add_argument("--out", required=True, help="the picture to write (.png)")
+    v.add_argument("--images", type=int, default=4, help="images (rows) (default %(default)s)")
+    v.add_argument("--repeats", type=int, default=5, help="augmented draws per image (default %(default)s)")
+    v.add_argument("--image_size", type=int, default=800, help="as in detr train (default %(default)s)")
+    v.add_argument("--max_size", type=int, default=None, help="as in detr train")
+    v.add_argument("--seed", type=int, default=0, help="random seed of the draws (default %(default)s)")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    v.set_defaults(func=run_preview)
 
     y = sub.add_parser("synth", help="write a synthetic shapes dataset in the generic COCO layout")
     y.add_argument("--out", required=True, help="output folder")
@@ -130,4 +148,38 @@ def run_synth(args: argparse.Namespace) -> int:
     out = write_coco_folder(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, **extra)
     print(f"synthetic dataset written to {out} ({args.num_train} train, {args.num_val} val images)")
     print(f"next: detr data check {out}")
+    return 0
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..atomic_write import replace_atomic
+    from ..data.augment import load_augmentation, preview_samples
+    from ..data.coco import CocoDetection, category_names
+    from ..data.layout import resolve_split
+    from ..viz.preview import render_preview
+
+    out = Path(args.out)
+    for flag in ("images", "repeats"):
+        if getattr(args, flag) < (1 if flag == "images" else 0):
+            raise ConfigError(f"--{flag} must be {'positive' if flag == 'images' else '>= 0'}, got {getattr(args, flag)}")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the preview is a .png file")
+    files = resolve_split(args.coco_path, args.split)
+    dataset = CocoDetection(files.images_dir, files.ann_file)
+    inputs = {files.ann_file.resolve()} | {(files.images_dir / image["file_name"]).resolve()
+                                           for image in dataset.coco.dataset["images"]}
+    if out.resolve() in inputs:
+        raise OutputError(f"--out {out} is a file of the dataset: the preview never replaces an input")
+    if out.exists() and not args.overwrite:
+        raise OutputError(f"--out {out} exists: choose another file, or replace it with --overwrite")
+    augmentation = load_augmentation(args.augment, args.image_size, args.max_size)
+    torch.manual_seed(args.seed)
+    rows = preview_samples(dataset, augmentation, args.images, args.repeats)
+    grid = render_preview(rows, category_names(dataset.coco))
+    replace_atomic(out, lambda tmp: grid.save(tmp, format="PNG"), what="preview")
+    panels = sum(len(row) for row in rows)
+    print(f"{out}: {panels} panels ({len(rows)} images: the original and {args.repeats} draws of {augmentation.source}); "
+          f"{augmentation.dropped} of {augmentation.seen} augmented boxes left the image and were dropped")
     return 0

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..config import DETRConfig, add_config_arguments, config_from_args
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
+from ..evaluation.report import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_WORST_IMAGES
 
 
 def add_parser(subparsers) -> None:
@@ -24,13 +25,26 @@ def add_parser(subparsers) -> None:
                    help="mode 1: skip detections whose category id is not in the ground truth (counted) instead of failing")
     p.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster_coco_eval"),
                    help="mode 1: COCO evaluation implementation (same numbers; faster_coco_eval is faster)")
-    p.add_argument("--model", help="official model name or checkpoint path/URL (mode 2)")
+    p.add_argument("--model", help="official model name, checkpoint path/URL, or a training run's folder (its "
+                   "checkpoint_best.pth, else checkpoint.pth) (mode 2)")
+    r = p.add_argument_group("error report (both modes)")
+    r.add_argument("--report", metavar="DIR", dest="report_dir",
+                   help="write the error report into DIR: confusion matrix, per-class precision/recall/F1, F1-optimal "
+                   "thresholds, PR and F1 curves, worst images (docs/evaluation.md)")
+    r.add_argument("--conf", type=float, default=DEFAULT_CONF, help="report: score threshold (default %(default)s)")
+    r.add_argument("--iou", type=float, default=DEFAULT_IOU, help="report: IoU threshold (default %(default)s)")
+    r.add_argument("--worst", type=int, default=DEFAULT_WORST_IMAGES,
+                   help="report: images with most errors drawn (default %(default)s)")
+    r.add_argument("--overwrite", action="store_true", help="report: replace the files of a non-empty --report DIR")
     p.add_argument("--config", help="YAML/JSON file of options")
-    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"), exclude=("eval", "overwrite"))
+    add_config_arguments(p, groups=("data", "run"), include=("batch_size", "resume"),
+                         exclude=("eval", "overwrite", "report", "logger", "augment"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report_dir:
+        check_report_dir(Path(args.report_dir), args.overwrite)
     if args.ann or args.results:
         if not (args.ann and args.results):
             raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
@@ -48,13 +62,53 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     print(f"{report.num_detections} detections on {report.num_images} images{ignored}")
     print(format_stats_table(report.stats, title=args.iou_type))
     print(format_per_class_table(report.per_class))
+    if args.report_dir:
+        _file_report(args, report)
     return 0
+
+
+def check_report_dir(folder: Path, overwrite: bool) -> None:
+    """``--report DIR`` must be new, empty or (with --overwrite) replaceable; never a file."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--report {folder} is a file: choose a folder for the report")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise OutputError(f"--report {folder} is not empty: choose another folder, or replace its report with --overwrite")
+
+
+def _file_report(args: argparse.Namespace, evaluated) -> None:
+    """The error report of a results file; the worst images are drawn when the annotation file's image folder exists."""
+    from ..categories import category_names_from_coco
+    from ..data.io import load_rgb_image
+    from ..data.layout import images_dir_for
+    from ..evaluation.report import error_report, format_report_table
+    from ..viz.report import write_report
+
+    if args.iou_type != "bbox":
+        raise ConfigError("--report is for boxes: use it with --iou_type bbox")
+    coco_gt = evaluated.coco_gt
+    report = error_report(coco_gt, evaluated.results, category_names_from_coco(coco_gt.dataset["categories"]),
+                          args.conf, args.iou, worst=args.worst)
+    images = images_dir_for(Path(args.ann))
+    load = None if images is None else (lambda image_id: load_rgb_image(images / coco_gt.imgs[image_id]["file_name"]))
+    write_report(report, args.report_dir, coco_gt, evaluated.results, load,
+                 extra={"annotations": str(args.ann), "results": str(args.results)})
+    print(format_report_table(report))
+    print(f"report written to {args.report_dir}{'' if images else ' (no image folder found: no worst-image pictures)'}")
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_model
 
-    evaluate_model(config_for_model_evaluation(args))
+    cfg = config_for_model_evaluation(args)
+    evaluation = evaluate_model(cfg)
+    if args.report_dir:
+        from ..evaluation.report import format_report_table
+        from ..viz.report import write_evaluation_report
+
+        report, _ = write_evaluation_report(evaluation.result, args.report_dir, evaluation.dataset, conf=args.conf,
+                                            iou=args.iou, worst=args.worst, extra={"model": cfg.resume})
+        print(format_report_table(report))
+        print(f"report written to {args.report_dir}")
     return 0
 
 
@@ -62,10 +116,10 @@ def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
     """The data and run options of the command line, the architecture of ``--model`` (or ``--resume``), whose
     weights are evaluated (``resume``)."""
     from ..engine.checkpoint import load_checkpoint
-    from ..inference.loading import config_from_checkpoint
+    from ..inference.loading import config_from_checkpoint, run_checkpoint
     from ..models.zoo import OFFICIAL_MODELS
 
-    source = args.model or args.resume
+    source = run_checkpoint(args.model or args.resume) if (args.model or args.resume) else None
     if not source:
         raise ConfigError("give --model NAME_OR_CKPT (or --resume CKPT), or --ann with --results")
     if source in OFFICIAL_MODELS:

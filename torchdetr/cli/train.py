@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
+from ..atomic_write import replace_atomic
 from ..config import DETRConfig, add_config_arguments, config_from_args, read_config_file
 
 log = logging.getLogger("torchdetr.train")
@@ -34,13 +36,40 @@ def config_for_training(args: argparse.Namespace) -> DETRConfig:
     return cfg
 
 
+def finish_run(result) -> list[Path]:
+    """The end of a training run: the error report of the best model and the training curves in
+    ``OUTPUT_DIR/report`` (with ``--report``, the default); returns the files for the experiment trackers."""
+    from ..engine.run_dir import REPORT_DIR
+    from ..evaluation.report import format_report_table
+    from ..viz.logs import plot_logs
+    from ..viz.report import FIGURE_DPI, write_evaluation_report
+
+    cfg = result.config
+    if not cfg.report or result.output_dir is None or cfg.eval:
+        return []
+    folder = result.output_dir / REPORT_DIR
+    files: list[Path] = []
+    if result.best_eval is not None and result.best_eval.evaluator is not None:
+        best = result.best or {}
+        model = ({"model": "checkpoint_best.pth", "epoch": best["epoch"], best["metric"]: best["value"]} if best
+                 else {"model": "checkpoint.pth"})
+        report, files = write_evaluation_report(result.best_eval, folder, result.val_dataset, extra=model)
+        print(f"\nerror report of {model['model']}" + (f" (epoch {best['epoch']})" if best else "") + ":")
+        print(format_report_table(report))
+    fig = plot_logs([result.output_dir])
+    files.append(replace_atomic(folder / "training_curves.png", lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"),
+                                what="report picture"))
+    print(f"report written to {folder}")
+    return [folder] if files else []
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.loop import TrainingDiverged
     from ..engine.run import train
 
     cfg = config_for_training(args)
     try:
-        result = train(cfg)
+        result = train(cfg, artifacts=finish_run)
     except TrainingDiverged as err:  # not a user error, but its message says all there is to say
         print(f"detr train: {err}", file=sys.stderr)
         return 1

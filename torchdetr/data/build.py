@@ -6,6 +6,7 @@ from torch.utils.data import Dataset
 
 from ..config import DETRConfig
 from ..errors import ConfigError
+from .augment import augment_transforms
 from .coco import CocoDetection, get_coco_api
 from .layout import resolve_split
 from .synthetic import NATIVE_SIZE, SyntheticShapes, split_seed
@@ -30,6 +31,12 @@ def config_validation_size(cfg: DETRConfig) -> tuple[int, int]:
     return validation_size(image_size, cfg.max_size)
 
 
+def _transforms(image_set: str, image_size: int, cfg: DETRConfig):
+    if image_set == "train" and cfg.augment:
+        return augment_transforms(cfg.augment, image_size, cfg.max_size)
+    return make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe)
+
+
 def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
     """The ``image_set`` ("train" or "val") split of ``cfg.dataset_file`` with the DETR transforms.
 
@@ -39,7 +46,8 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
       ``split_seed(cfg.seed, image_set)``, so train and val differ. When ``cfg.image_size`` is the
       default 800 the images, and the transform recipe, use the synthetic native size of 128 px.
 
-    Transforms are ``make_transforms(image_set, image_size, cfg.max_size)``.
+    Transforms are ``make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe)``, or for training
+    with ``cfg.augment`` the file's (:func:`.augment.augment_transforms`).
     """
     if image_set not in ("train", "val"):
         raise ConfigError(f"unknown image set {image_set!r}: expected 'train' or 'val'")
@@ -47,7 +55,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
         if not cfg.coco_path:
             raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
         files = resolve_split(cfg.coco_path, image_set)
-        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe)
+        transforms = _transforms(image_set, cfg.image_size, cfg)
         return CocoDetection(files.images_dir, files.ann_file, transforms=transforms, return_masks=cfg.masks)
     if cfg.dataset_file == "synthetic":
         image_size = synthetic_image_size(cfg)
@@ -55,7 +63,7 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
             cfg.num_train if image_set == "train" else cfg.num_val,
             seed=split_seed(cfg.seed, image_set),
             image_size=image_size,
-            transforms=make_transforms(image_set, image_size, cfg.max_size, cfg.train_recipe),
+            transforms=_transforms(image_set, image_size, cfg),
             return_masks=cfg.masks,
         )
     raise ConfigError(

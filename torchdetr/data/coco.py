@@ -197,6 +197,10 @@ class CocoDetection(_TorchvisionCocoDetection):
         except DataError as err:
             raise DataError(f"{err} (image id {id} of {self.ann_file})") from None
 
+    def original_image(self, image_id: int) -> PIL.Image.Image:
+        """The RGB image of ``image_id`` as stored (upright, untransformed), e.g. to draw on."""
+        return self._load_image(int(image_id))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image_id = self.ids[as_index(index)]
         image = self._load_image(image_id)

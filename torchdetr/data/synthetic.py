@@ -275,6 +275,10 @@ class SyntheticShapes(Dataset):
         """The uint8 [S, S, 3] RGB pixels of image ``index``."""
         return render(self.layouts[index], self._rng(index, _PAINT_STREAM), self.image_size)
 
+    def original_image(self, image_id: int) -> PIL.Image.Image:
+        """The RGB image of ``image_id`` (untransformed), e.g. to draw on."""
+        return PIL.Image.fromarray(self.render(self.ids.index(int(image_id))))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         index = as_index(index)
         if not -self.num_images <= index < self.num_images:

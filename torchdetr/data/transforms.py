@@ -43,6 +43,8 @@ CROP_MAX_SIZE = 600
 
 # Target entries with one row per object: filtered together when a crop removes objects.
 PER_OBJECT_KEYS: tuple[str, ...] = ("boxes", "labels", "area", "iscrowd", "masks")
+# Objects removed because their box left the image, counted for each open ``data.augment.Augmentation`` call
+DROP_COUNTS: list[int] = []
 
 Image = PIL.Image.Image | Tensor
 Target = dict[str, Any]
@@ -148,6 +150,8 @@ def crop(image: Image, target: Target | None, region: tuple[int, int, int, int])
         keep = target["masks"].as_subclass(Tensor).flatten(1).any(1)
     else:
         return image, target
+    if DROP_COUNTS:
+        DROP_COUNTS[-1] += int((~keep).sum())
     for key in PER_OBJECT_KEYS:
         if key in target:
             value = target[key]
@@ -239,6 +243,14 @@ class DetectionTransforms:
         return f"{type(self).__name__}(\n  {self.geometric!r}\n)"
 
 
+def prepare_sample(image: Image, target: Target | None = None) -> Sample:
+    """What the random steps receive: an RGB PIL image (or ``tv_tensors.Image``) and the target with ``boxes`` as
+    ``tv_tensors.BoundingBoxes`` (xyxy pixels) and ``masks`` as ``tv_tensors.Mask``."""
+    image = _check_image(image)
+    height, width = F.get_size(image)
+    return image, (_wrap_target(target, height, width) if target is not None else None)
+
+
 def _check_image(image: Any) -> Image:
     if isinstance(image, PIL.Image.Image):
         return to_rgb(image)
@@ -316,6 +328,8 @@ def make_transforms(
     RandomHorizontalFlip, then RandomResize to ``image_size`` × (0.75, 0.875, 1, 1.125, 1.25) — scales
     centred on the validation size (the scaled original recipe trains mostly below it) and no crop
     (objects are never cut). Validation is the same for both recipes.
+
+    ``data.augment.augment_transforms`` replaces the training recipe by a file's (``--augment``).
 
     ``max_size`` defaults to ``round(1333 * image_size / 800)`` (:func:`validation_size`). The returned callable maps
     ``(image, target | None)`` to ``(image [3, H, W] float32 ImageNet-normalised, target | None)``;

@@ -71,6 +71,7 @@ class ModelEvaluation:
     config: DETRConfig
     result: EvalResult
     output_dir: Path | None = None
+    dataset: Dataset | None = None  # the evaluated split (images for the error report)
 
 
 @torch.no_grad()
@@ -164,4 +165,4 @@ def evaluate_model(cfg: DETRConfig, *, dataset: Dataset | None = None, use_ema: 
     result = evaluate(model, criterion, postprocessors, loader_val, data.coco_gt, device, cfg,
                       output_dir=output_dir, category_names=data.category_names)
     du.cleanup()
-    return ModelEvaluation(model=model, config=cfg, result=result, output_dir=output_dir)
+    return ModelEvaluation(model=model, config=cfg, result=result, output_dir=output_dir, dataset=data.val)

@@ -10,13 +10,19 @@ A run survives being killed at any moment (``docs/reliability.md``): each epoch'
 written atomically before its evaluation and log row, and carries the random state the next epoch
 starts from and the log rows so far; ``--resume auto`` continues from it, writes the log row a kill
 left out and draws the same random numbers as an uninterrupted run.
+
+``checkpoint_best.pth`` holds the weights of the best evaluation of ``--best_metric`` so far
+(:mod:`~torchdetr.engine.best`); ``--patience N`` stops the run after N evaluations without improvement.
+Both follow from the log rows, so a resumed run keeps them. Each row also goes to the experiment
+trackers of ``--logger`` (:mod:`~torchdetr.engine.loggers`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,22 @@ from ..config import RESUME_AUTO, DETRConfig
 from ..errors import DataError, MissingFileError
 from ..evaluation.tables import stats_dict
 from . import distributed as du
-from .checkpoint import CHECKPOINT_NAME, checkpoint_dict, non_finite_entries, write_checkpoints
+from .best import BestTracker, best_checkpoint_path
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    checkpoint_dict,
+    checkpoint_epoch,
+    evaluated_weights,
+    load_checkpoint,
+    load_model_state,
+    non_finite_entries,
+    save_atomic,
+    write_checkpoints,
+)
 from .datasets import load_run_data, resolve_num_classes
 from .evaluate import EvalResult, evaluate, evaluate_model
 from .loaders import make_loaders, set_epoch
+from .loggers import make_loggers, require_trackers, tracker_names
 from .loop import TrainingDiverged, train_one_epoch
 from .optim import build_optimizer
 from .run_dir import RunDirectory, claim_output_dir, output_errors
@@ -58,6 +76,13 @@ class TrainResult:
     output_dir: Path | None = None
     iterations: int = 0
     train_seconds: float = 0.0
+    best: dict[str, Any] | None = None  # {"metric", "value", "epoch"} of checkpoint_best.pth
+    best_eval: EvalResult | None = None  # the best model's evaluation (for the report; with cfg.report)
+    stopped_early: bool = False
+    val_dataset: Dataset | None = None
+
+
+Artifacts = Callable[[TrainResult], Sequence[Path]]
 
 
 def train(
@@ -65,16 +90,21 @@ def train(
     *,
     datasets: tuple[Dataset | None, Dataset] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    artifacts: Artifacts | None = None,
 ) -> TrainResult:
     """Train (or only evaluate, with ``cfg.eval``) as ``python main.py`` of the original.
 
     ``datasets`` (train, val) overrides building them from ``cfg`` (used by tests and benchmarks).
     ``cfg.num_classes`` of ``None`` means: infer it from the data (max category id + 1).
-    ``on_epoch_end`` is called with the log row of each epoch this call trains.
+    ``on_epoch_end`` is called with the log row of each epoch this call trains. ``artifacts`` is called at
+    the end of the run on the main process (e.g. to draw the report); the files it returns are sent to the
+    experiment trackers with ``checkpoint_best.pth``.
 
     The output folder is held for the whole run (see :mod:`~torchdetr.engine.run_dir`): locked, an
     earlier run in it refused unless continued (``--resume auto``) or replaced (``--overwrite``).
     """
+    if cfg.output_dir and not cfg.eval:
+        require_trackers(tracker_names(cfg.logger))
     device, dist_info = start_process(cfg.device, cfg.seed, cfg.dist_url)
     with claim_output_dir(cfg) as directory:
         if cfg.eval and cfg.resume == RESUME_AUTO and not directory.resume:
@@ -85,7 +115,7 @@ def train(
                 evaluation = evaluate_model(cfg, dataset=None if datasets is None else datasets[1])
             return TrainResult(model=evaluation.model, config=evaluation.config, eval=evaluation.result,
                                output_dir=evaluation.output_dir)
-        return _train(cfg, directory, device, dist_info.distributed, datasets, on_epoch_end)
+        return _train(cfg, directory, device, dist_info.distributed, datasets, on_epoch_end, artifacts)
 
 
 def _train(
@@ -95,6 +125,7 @@ def _train(
     distributed: bool,
     datasets: tuple[Dataset | None, Dataset] | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    artifacts: Artifacts | None = None,
 ) -> TrainResult:
     """The run itself, in the output folder ``directory`` holds (see :func:`train`)."""
     output_dir = directory.path
@@ -115,16 +146,41 @@ def _train(
         directory.checkpoint = None  # the tensors now live in the model and optimiser
     last_good = Path(cfg.resume) if cfg.resume and Path(cfg.resume).is_file() else None
 
-    def evaluate_epoch(print_tables: bool) -> EvalResult:
-        """COCO evaluation of the current weights, drawing nothing from the training's random generators."""
+    def evaluate_epoch(print_tables: bool, module: nn.Module | None = None) -> EvalResult:
+        """COCO evaluation of the current weights (or of ``module``), drawing nothing from the training's random
+        generators; ``module``'s evaluation writes no files."""
         with isolated_rng(), output_errors(output_dir):
-            return evaluate(run.eval_module, run.criterion, run.postprocessors, loader_val, data.coco_gt, device, cfg,
-                            output_dir=output_dir, category_names=data.category_names, print_tables=print_tables)
+            return evaluate(run.eval_module if module is None else module, run.criterion, run.postprocessors,
+                            loader_val, data.coco_gt, device, cfg, output_dir=output_dir if module is None else None,
+                            category_names=data.category_names, print_tables=print_tables)
 
-    result = TrainResult(model=run.model, config=cfg, output_dir=output_dir)
-    run_log = RunLog(output_dir)
+    result = TrainResult(model=run.model, config=cfg, output_dir=output_dir, val_dataset=data.val)
+    tracker = BestTracker(cfg.best_metric, cfg.patience, cfg.min_delta)
+    best_path = best_checkpoint_path(output_dir) if output_dir is not None else None
+    if best_path is not None and du.is_main_process():
+        _drop_later_best(best_path, resumed.epoch, cfg.resume)
+    loggers = (make_loggers(tracker_names(cfg.logger), output_dir, cfg.to_dict(), resumed.loggers)
+               if output_dir is not None and du.is_main_process() else None)
+    run_log = RunLog(output_dir, loggers)
+
+    def finish_epoch(epoch: int, train_stats: dict[str, float], evaluated: EvalResult | None,
+                     epoch_time: float) -> dict[str, Any]:
+        """The epoch's log row, after ``checkpoint_best.pth`` when the epoch is the best so far."""
+        row = epoch_row(epoch, train_stats, evaluated.loss_stats if evaluated else None,
+                        evaluated.coco_stats if evaluated else None, run.n_parameters, epoch_time)
+        improved = _update_best(tracker, row)
+        if improved and best_path is not None and du.is_main_process():
+            save_atomic(_best_state(run, epoch, cfg, data.category_names, tracker), best_path)
+            log.info("epoch %d: best %s so far (%.4f): %s written", epoch, cfg.best_metric, tracker.best.value,
+                     best_path.name)
+        if improved and cfg.report and evaluated is not None:
+            result.best_eval = evaluated
+        row.update(tracker.row_entries())
+        run_log.write(row)
+        return row
+
     try:
-        evaluated = _complete_log(run_log, resumed, cfg, output_dir, evaluate_epoch, run.n_parameters)
+        evaluated = _complete_log(run_log, resumed, cfg, output_dir, evaluate_epoch, tracker, finish_epoch)
         if evaluated is not None:
             result.eval = evaluated
         _restore_random_state(resumed, loader_train.generator)
@@ -132,11 +188,17 @@ def _train(
         deadline = time.monotonic() + cfg.time_budget * SECONDS_PER_MINUTE if cfg.time_budget > 0 else None
         if resumed.start_epoch >= cfg.epochs:
             log.info("nothing to train: the run has finished its %d epochs", cfg.epochs)
+        elif tracker.should_stop:
+            log.info("nothing to train: the run has stopped early (%s)", tracker.stop_message())
+            result.stopped_early = True
         else:
             log.info("training %d epochs from epoch %d: %d images, %d iterations per epoch (batch %d)", cfg.epochs,
                      resumed.start_epoch, len(data.train), len(loader_train), cfg.batch_size)
         train_start = time.monotonic()
+        eta = EpochClock(resumed.start_epoch, cfg.epochs)
         for epoch in range(resumed.start_epoch, cfg.epochs):
+            if result.stopped_early:
+                break
             set_epoch(loader_train, epoch)
             epoch_start = time.monotonic()
             try:
@@ -165,6 +227,8 @@ def _train(
                 extras = run.checkpoint_extras()
                 if scaler is not None:
                     extras["scaler"] = scaler.state_dict()
+                if loggers is not None and loggers.state():
+                    extras["loggers"] = loggers.state()
                 state = checkpoint_dict(
                     run.model, optimizer, lr_scheduler, epoch, cfg, categories=data.category_names, rng=rng,
                     run_log={"rows": run_log.rows, "pending": {"train_stats": train_stats, "evaluate": evaluate_now,
@@ -174,22 +238,99 @@ def _train(
             evaluated = None
             if evaluate_now:
                 result.eval = evaluated = evaluate_epoch(print_tables=epoch == cfg.epochs - 1 or out_of_time)
-            row = epoch_row(epoch, train_stats, evaluated.loss_stats if evaluated else None,
-                            evaluated.coco_stats if evaluated else None, run.n_parameters,
-                            time.monotonic() - epoch_start)
+            row = finish_epoch(epoch, train_stats, evaluated, time.monotonic() - epoch_start)
             result.history.append(row)
-            run_log.write(row)
-            _log_epoch(row)
+            _log_epoch(row, eta.estimate(epoch, time.monotonic() - epoch_start))
             if on_epoch_end is not None:
                 on_epoch_end(row)
             if out_of_time:
                 log.info("time budget of %.1f min reached after epoch %d", cfg.time_budget, epoch)
                 break
+            if tracker.should_stop:
+                log.info("%s", tracker.stop_message())
+                result.stopped_early = True
         result.train_seconds = time.monotonic() - train_start
+        result.best = tracker.best.to_dict() if tracker.best is not None else None
+        if cfg.report and output_dir is not None:
+            result.best_eval = _best_evaluation(result, tracker, best_path, run, evaluate_epoch)
+        if artifacts is not None and du.is_main_process():
+            files = [best_path] if best_path is not None else []
+            files += list(artifacts(result))
+            if loggers is not None:
+                loggers.log_artifacts(files)
     finally:
         run_log.close()
     du.cleanup()
     return result
+
+
+class EpochClock:
+    """The time left until the run's last epoch, from the mean duration of the epochs trained so far."""
+
+    def __init__(self, first_epoch: int, epochs: int) -> None:
+        self.first_epoch = first_epoch
+        self.epochs = epochs
+        self.seconds = 0.0
+
+    def estimate(self, epoch: int, epoch_seconds: float) -> float:
+        """Seconds left after ``epoch`` (which took ``epoch_seconds``)."""
+        self.seconds += epoch_seconds
+        done = epoch - self.first_epoch + 1
+        return self.seconds / done * (self.epochs - epoch - 1)
+
+
+def _update_best(tracker: BestTracker, row: dict[str, Any]) -> bool:
+    """``tracker.update(row)`` on the main process (the only one holding COCO stats), its state on every process."""
+    improved, failure = False, None
+    if du.is_main_process():
+        try:
+            improved = tracker.update(row)
+        except Exception as err:  # e.g. --best_metric PQ without a panoptic evaluation: stop every process
+            failure = err
+    improved, tracker.best, tracker.stale, failed = du.broadcast_object(
+        (improved, tracker.best, tracker.stale, failure is not None))
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RuntimeError("the main process failed to evaluate --best_metric")
+    return improved
+
+
+def _best_state(run: RunModel, epoch: int, cfg: DETRConfig, categories: dict[int, str],
+                tracker: BestTracker) -> dict[str, Any]:
+    """What ``checkpoint_best.pth`` holds: the weights to ship (+ EMA), epoch, args, categories, best."""
+    extras: dict[str, Any] = {"categories": categories, "best": tracker.best.to_dict()}
+    if run.ema is not None:
+        extras["ema"] = run.ema.state_dict_for_checkpoint()
+    return checkpoint_dict(run.model, None, None, epoch, cfg, **extras)
+
+
+def _drop_later_best(best_path: Path, resumed_epoch: int | None, resume: str) -> None:
+    """A ``checkpoint_best.pth`` of an epoch after the one a run continues from (a rewind, or a resume from an
+    older checkpoint) belongs to epochs trained again: removed, so the file always matches ``log.txt``
+    (unless it is the file the run starts from, which is replaced at the first improvement)."""
+    if not best_path.is_file() or (resume and Path(resume).is_file() and Path(resume).samefile(best_path)):
+        return
+    epoch = checkpoint_epoch(best_path)
+    if resumed_epoch is None or epoch is None or epoch > resumed_epoch:
+        reason = "a fresh start" if resumed_epoch is None else f"the run continues from epoch {resumed_epoch}"
+        log.warning("%s (epoch %s) removed: %s, its epoch is trained again", best_path, epoch, reason)
+        best_path.unlink()
+
+
+def _best_evaluation(result: TrainResult, tracker: BestTracker, best_path: Path | None, run: RunModel,
+                     evaluate_epoch: Callable[..., EvalResult]) -> EvalResult | None:
+    """The evaluation of the best model: kept from this process's epochs, else the best checkpoint evaluated
+    again (its epoch was trained by an earlier process of a resumed run); the last evaluation without a best."""
+    if tracker.best is None or result.best_eval is not None:
+        return result.best_eval or result.eval
+    if best_path is None or not du.broadcast_object(best_path.is_file()):
+        return result.eval
+    log.info("evaluating %s (epoch %d) for the report", best_path.name, tracker.best.epoch)
+    state, _ = evaluated_weights(load_checkpoint(best_path))
+    module = copy.deepcopy(run.ema.module if run.ema is not None else run.model)
+    load_model_state(module, state, source=str(best_path))
+    return evaluate_epoch(False, module)
 
 
 def _complete_log(
@@ -198,13 +339,16 @@ def _complete_log(
     cfg: DETRConfig,
     output_dir: Path | None,
     evaluate_epoch: Callable[[bool], EvalResult],
-    n_parameters: int,
+    tracker: BestTracker,
+    finish_epoch: Callable[[int, dict[str, float], EvalResult | None, float], dict[str, Any]],
 ) -> EvalResult | None:
-    """Make ``log.txt`` hold every epoch up to the resumed one exactly once (see ``RunLog.resume``).
+    """Make ``log.txt`` hold every epoch up to the resumed one exactly once (see ``RunLog.resume``), and
+    ``tracker`` the best so far and the patience counter those rows imply.
 
     The resumed epoch's row is taken from ``log.txt``, else from the log of the folder the checkpoint
     comes from, else finished now from the training row the checkpoint carries (evaluating its weights
-    again when that epoch was evaluated); returns that evaluation, if any.
+    again when that epoch was evaluated, and writing ``checkpoint_best.pth`` when it is the best); returns
+    that evaluation, if any.
     """
     saved = resumed.run_log or {}
     finished = run_log.resume(saved.get("rows"), resumed.epoch)
@@ -214,13 +358,14 @@ def _complete_log(
         finished = logged_row(source.parent / LOG_FILE, resumed.epoch) if source.is_file() else None
         if finished is not None:
             run_log.write(finished)
+    if du.is_main_process():
+        tracker.replay(run_log.rows)
+    tracker.best, tracker.stale = du.broadcast_object((tracker.best, tracker.stale))
     if not du.broadcast_object(output_dir is not None and finished is None and pending is not None):
         return None
     start = time.monotonic()
     evaluated = evaluate_epoch(resumed.epoch == cfg.epochs - 1) if pending["evaluate"] else None
-    run_log.write(epoch_row(resumed.epoch, pending["train_stats"], evaluated.loss_stats if evaluated else None,
-                            evaluated.coco_stats if evaluated else None, n_parameters,
-                            pending["train_time"] + time.monotonic() - start))
+    finish_epoch(resumed.epoch, pending["train_stats"], evaluated, pending["train_time"] + time.monotonic() - start)
     log.info("epoch %d: log row written (the run had stopped before writing it)", resumed.epoch)
     return evaluated
 
@@ -256,10 +401,24 @@ def _diverged_message(problem: str, last_good: Path | None) -> str:
             + " Try a lower --lr, --clip_max_norm 0.1, or --amp none.")
 
 
-def _log_epoch(row: dict[str, Any]) -> None:
-    """One line per epoch: time, train loss and, when evaluated, test loss, AP and AP50."""
+def _log_epoch(row: dict[str, Any], seconds_left: float | None = None) -> None:
+    """One line per epoch: time, train loss and, when evaluated, test loss, AP and AP50; the time left."""
     evaluated = ""
     if "test_loss" in row:
         ap = stats_dict(row[COCO_STATS_KEYS["bbox"]]) if COCO_STATS_KEYS["bbox"] in row else {"AP": NAN, "AP50": NAN}
         evaluated = f", test loss {row['test_loss']:.4f}, AP {ap['AP']:.3f}, AP50 {ap['AP50']:.3f}"
-    log.info("epoch %d done in %.0fs: train loss %.4f%s", row["epoch"], row["epoch_time"], row["train_loss"], evaluated)
+    eta = f"; about {_duration(seconds_left)} left" if seconds_left else ""
+    log.info("epoch %d done in %.0fs: train loss %.4f%s%s", row["epoch"], row["epoch_time"], row["train_loss"], evaluated,
+             eta)
+
+
+def _duration(seconds: float) -> str:
+    """``"7 min 05 s"``, ``"42 s"``, ``"3 h 10 min"``."""
+    seconds = round(seconds)
+    if seconds < SECONDS_PER_MINUTE:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, SECONDS_PER_MINUTE)
+    if minutes < SECONDS_PER_MINUTE:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, SECONDS_PER_MINUTE)
+    return f"{hours} h {minutes:02d} min"

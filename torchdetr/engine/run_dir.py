@@ -4,8 +4,8 @@ and the checkpoint ``--resume auto`` continues from.
 - **Lock**: the main process holds ``train.lock`` (``fcntl.flock``, with its PID, host and start time)
   for the whole run; a second ``detr train`` into the folder is refused with the holder's PID. The
   kernel releases the lock when its process dies, so the lock of a killed run is simply taken over.
-- **Earlier runs**: a folder holding a run's files (``checkpoint*.pth``, ``log.txt``, ``eval/``,
-  ``tensorboard/``, ``detections_*.json``) is refused unless the run continues it (``--resume auto``,
+- **Earlier runs**: a folder holding a run's files (``checkpoint*.pth``, ``checkpoint_best.pth``, ``log.txt``,
+  ``eval/``, ``tensorboard/``, ``report/``, ``detections_*.json``) is refused unless the run continues it (``--resume auto``,
   or ``--resume`` of its newest checkpoint) or ``--overwrite`` replaces it (its run files are removed,
   and the log says which; other files in the folder are never touched).
 - **--resume auto**: the newest checkpoint of the folder that loads and holds finite values
@@ -32,6 +32,7 @@ from ..atomic_write import remove_partial_files
 from ..config import RESUME_AUTO, DETRConfig
 from ..errors import OutputError
 from . import distributed as du
+from .best import BEST_CHECKPOINT_NAME
 from .checkpoint import CHECKPOINT_NAME, checkpoint_epoch, load_checkpoint, resume_problem
 from .evaluate import EVAL_DIR
 from .run_log import LOG_FILE, TENSORBOARD_DIR, prepare_output_dir
@@ -44,9 +45,10 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger("torchdetr.train")
 
 LOCK_FILE = "train.lock"
+REPORT_DIR = "report"  # the error report written at the end of training (evaluation.report)
 EXTRA_CHECKPOINT = re.compile(r"^checkpoint(\d+)\.pth$")
 DETECTIONS_FILE = re.compile(r"^detections_\w+\.json$")
-RUN_FOLDERS = (EVAL_DIR, TENSORBOARD_DIR)
+RUN_FOLDERS = (EVAL_DIR, TENSORBOARD_DIR, REPORT_DIR)
 LOCK_TRIES = 5  # a lock file removed by its holder between our open and flock is opened again
 
 
@@ -160,8 +162,8 @@ def run_files(folder: Path) -> list[Path]:
     found = []
     for path in sorted(folder.iterdir()):
         name = path.name
-        if (name in (CHECKPOINT_NAME, LOG_FILE) or EXTRA_CHECKPOINT.match(name) or DETECTIONS_FILE.match(name)
-                or (name in RUN_FOLDERS and path.is_dir())):
+        if (name in (CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, LOG_FILE) or EXTRA_CHECKPOINT.match(name)
+                or DETECTIONS_FILE.match(name) or (name in RUN_FOLDERS and path.is_dir())):
             found.append(path)
     return found
 

@@ -1,5 +1,6 @@
 """What a training run records in its output folder: ``log.txt`` (one JSON object per epoch, the
-original's keys) and TensorBoard scalars (``tensorboard/``). Only the main process writes.
+original's keys), also sent to the experiment trackers of ``--logger`` (:mod:`~torchdetr.engine.loggers`:
+TensorBoard scalars in ``tensorboard/`` by default). Only the main process writes.
 
 ``log.txt`` holds every epoch exactly once, whatever kills the run: each row is appended and synced
 to disk after the epoch's checkpoint, and the checkpoint carries every row logged before it (see
@@ -17,17 +18,15 @@ from typing import Any
 
 from ..atomic_write import write_atomic
 from ..errors import OutputError
-from ..evaluation.tables import STAT_NAMES
 from . import distributed as du
+from .loggers import TENSORBOARD_DIR, RunLoggers
 
 log = logging.getLogger("torchdetr.train")
 
 LOG_FILE = "log.txt"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["COCO_STATS_KEYS", "LOG_FILE", "TENSORBOARD_DIR", "RunLog", "epoch_row", "logged_row", "read_log"]
 # keys of the 12 COCOeval stats in a log row, per IoU type (the original's names)
 COCO_STATS_KEYS: dict[str, str] = {"bbox": "test_coco_eval_bbox", "segm": "test_coco_eval_masks"}
-TENSORBOARD_COCO_STATS = ("AP", "AP50")  # COCO stats also plotted as scalars ``test/AP``, ``test/AP50``
-NOT_SCALARS = ("epoch", "n_parameters")  # row entries that are not curves
 
 
 def prepare_output_dir(output_dir: str | Path | None) -> Path | None:
@@ -69,32 +68,24 @@ def epoch_row(
 
 
 class RunLog:
-    """Appends epoch rows to ``output_dir/log.txt`` and TensorBoard; writes nothing without an output folder
-    or on processes other than the main one. ``rows`` are the rows logged so far (what checkpoints carry)."""
+    """Appends epoch rows to ``output_dir/log.txt`` and to the run's trackers (``loggers``); writes nothing
+    without an output folder or on processes other than the main one. ``rows`` are the rows logged so far
+    (what checkpoints carry)."""
 
-    def __init__(self, output_dir: Path | None) -> None:
+    def __init__(self, output_dir: Path | None, loggers: RunLoggers | None = None) -> None:
         self.output_dir = output_dir if du.is_main_process() else None
         self.path = self.output_dir / LOG_FILE if self.output_dir is not None else None
         self.rows: list[dict[str, Any]] = []
-        self.writer = _tensorboard_writer(self.output_dir) if self.output_dir is not None else None
+        self.loggers = loggers if self.output_dir is not None else None
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append ``row`` (see :func:`epoch_row`) as a JSON line (synced to disk) and as TensorBoard scalars."""
+        """Append ``row`` (see :func:`epoch_row`) as a JSON line (synced to disk), then send it to the trackers."""
         self.rows.append(row)
         if self.path is None:
             return
         self._append(json.dumps(row) + "\n")
-        if self.writer is None:
-            return
-        epoch = row["epoch"]
-        for k, v in row.items():
-            if isinstance(v, int | float) and k not in NOT_SCALARS:
-                self.writer.add_scalar(k.replace("train_", "train/").replace("test_", "test/"), v, epoch)
-        stats = row.get(COCO_STATS_KEYS["bbox"])
-        if stats:
-            for name in TENSORBOARD_COCO_STATS:
-                self.writer.add_scalar(f"test/{name}", stats[STAT_NAMES.index(name)], epoch)
-        self.writer.flush()
+        if self.loggers is not None:
+            self.loggers.log_row(row)
 
     def _append(self, line: str) -> None:
         """Append one line and sync it; on failure (disk full…) cut the file back to its old end."""
@@ -152,8 +143,8 @@ class RunLog:
         return finished
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.loggers is not None:
+            self.loggers.close()
 
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], int, bool]:
@@ -190,12 +181,3 @@ def logged_row(path: Path, epoch: int) -> dict[str, Any] | None:
 
 def _epochs_text(epochs: list[int]) -> str:
     return ", ".join(map(str, epochs)) if len(epochs) <= 6 else f"{epochs[0]}–{epochs[-1]} ({len(epochs)} epochs)"
-
-
-def _tensorboard_writer(output_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a declared dependency, but stay usable without it
-        log.warning("tensorboard is not installed: no TensorBoard scalars")
-        return None
-    return SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR))

@@ -67,12 +67,14 @@ def _load_pretrained(model: nn.Module, name_or_path: str) -> str:
 class ResumedState:
     """What a resumed run continues with besides the weights and optimiser: the first epoch to train, the
     checkpoint's epoch (None when it held no training state), its random states (one per process) and its
-    ``run_log`` (``{"rows": rows logged before its epoch, "pending": {"row", "evaluate"}}``), when it has them."""
+    ``run_log`` (``{"rows": rows logged before its epoch, "pending": {"row", "evaluate"}}``) and the experiment
+    trackers' run ids (``loggers``), when it has them."""
 
     start_epoch: int
     epoch: int | None = None
     rng: list[dict[str, Any]] | None = None
     run_log: dict[str, Any] | None = None
+    loggers: dict[str, Any] | None = None  # the experiment trackers' run ids (engine.loggers)
 
 
 def resume_training(
@@ -110,7 +112,8 @@ def resume_training(
         if scaler is not None and "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         state = ResumedState(start_epoch=int(checkpoint["epoch"]) + 1, epoch=int(checkpoint["epoch"]),
-                             rng=checkpoint.get("rng"), run_log=checkpoint.get("run_log"))
+                             rng=checkpoint.get("rng"), run_log=checkpoint.get("run_log"),
+                             loggers=checkpoint.get("loggers"))
         log.info("resumed from %s at epoch %d", source, state.start_epoch)
     if ema is not None and "ema" in checkpoint:
         ema.load_from_checkpoint(checkpoint["ema"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..categories import category_names_from_coco
 from .checks import check_backend, check_iou_type, load_json
@@ -23,6 +24,8 @@ class EvalReport:
     num_detections: int  # detections evaluated
     num_ignored: int = 0  # detections of unknown categories skipped (only with ignore_unknown_categories)
     summary: str = field(default="", repr=False)  # pycocotools' printed summary
+    coco_gt: Any = field(default=None, repr=False)  # the ground truth (pycocotools COCO)
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the validated detections
 
 
 def evaluate_results_file(
@@ -52,4 +55,6 @@ def evaluate_results_file(
         num_detections=len(results),
         num_ignored=ignored,
         summary=summary,
+        coco_gt=coco_gt,
+        results=results,
     )

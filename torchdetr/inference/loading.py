@@ -145,15 +145,32 @@ def _load_official(spec: OfficialModel, path: str | Path, source: str, device: s
                        image_size=spec.image_size, max_size=spec.max_size)
 
 
+RUN_CHECKPOINTS = ("checkpoint_best.pth", "checkpoint.pth")  # what a training run's folder offers, preferred first
+
+
+def run_checkpoint(name_or_path: str | Path) -> str:
+    """A training run's folder → its ``checkpoint_best.pth`` (else ``checkpoint.pth``), said in the log; anything
+    else unchanged. Raises ``MissingFileError`` for a folder holding neither."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    for name in RUN_CHECKPOINTS:
+        if (path / name).is_file():
+            log.info("%s: loading %s", path, path / name)
+            return str(path / name)
+    raise MissingFileError(f"--model {path} is a folder without {' or '.join(RUN_CHECKPOINTS)} (not a training run's folder)")
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
-    """Official name (``detr_resnet50``, …; downloads the weights) or checkpoint path/URL → model in eval mode.
+    """Official name (``detr_resnet50``, …; downloads the weights), checkpoint path/URL or a training run's folder
+    (its ``checkpoint_best.pth``, else ``checkpoint.pth``: :func:`run_checkpoint`) → model in eval mode.
 
     A checkpoint trained with ``--ema`` holds the averaged weights under ``ema``; they are the ones
     training evaluated, so they are used unless ``use_ema=False``. Raises ``MissingFileError`` for a
     name that is neither, ``InputFileError`` for an unreadable checkpoint and ``DownloadError`` when
     official weights or a URL cannot be downloaded.
     """
-    source = str(name_or_path)
+    source = run_checkpoint(name_or_path)
     official_files = {Path(spec.url).name: spec for spec in OFFICIAL_MODELS.values()}
     if source in OFFICIAL_MODELS:
         spec = OFFICIAL_MODELS[source]

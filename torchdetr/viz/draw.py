@@ -104,11 +104,13 @@ def draw_detections(
     *,
     line_width: int | None = None,
     font_size: int | None = None,
+    show_scores: bool = True,
 ) -> Image.Image:
     """A copy of ``image`` (RGB) with each detection's box (x1, y1, x2, y2 pixels) and label drawn.
 
-    Boxes are clipped to the image. Higher-scoring detections are drawn last (on top); all halos
-    come before all boxes and all labels after all boxes, so no box line crosses a label.
+    Boxes are clipped to the image. Higher-scoring detections are drawn last (on top), and all
+    labels after all boxes, so no box line crosses a label. ``show_scores=False`` writes the class name
+    alone (ground-truth boxes).
     """
     canvas = image.convert("RGB")  # always a new image
     if not detections:
@@ -119,7 +121,7 @@ def draw_detections(
     ordered = sorted(detections, key=lambda d: d.score)
     boxes = torch.tensor([_clip_box(d.box, width, height) for d in ordered])
     colors = [class_color(d.label) for d in ordered]
-    texts = [label_text(d) for d in ordered]
+    texts = [label_text(d) if show_scores else d.name for d in ordered]
     pixels = pil_to_tensor(canvas)  # [3, H, W] uint8
     halo = boxes + torch.tensor([-HALO_WIDTH, -HALO_WIDTH, HALO_WIDTH, HALO_WIDTH])
     pixels = draw_bounding_boxes(pixels, halo, colors=[contrast_color(c) for c in colors], width=lw + 2 * HALO_WIDTH)

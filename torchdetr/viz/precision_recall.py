@@ -100,12 +100,15 @@ def plot_precision_recall(
     names = list(names) if names is not None else [_display_name(Path(p)) for p in paths]
     if len(names) != len(paths):
         raise ConfigError(f"--names: got {len(names)} names for {len(paths)} evaluation files")
+    return plot_pr_curves([pr_curve(load_coco_eval(path), iou, source=str(path)) for path in paths], names, iou)
+
+
+def plot_pr_curves(curves: Sequence[PRCurve], names: Sequence[str], iou: float = 0.5) -> tuple[Figure, list[PRCurve]]:
+    """Precision/recall (left) and score/recall (right) of each curve (see :func:`pr_curve`), overlaid."""
     fig = Figure(figsize=FIGURE_SIZE, layout="constrained")
     ax_pr, ax_scores = fig.subplots(1, 2)
-    curves = []
-    for path, name, color in zip(paths, names, (f"C{i % 10}" for i in range(len(paths)))):
-        curve = pr_curve(load_coco_eval(path), iou, source=str(path))
-        curves.append(curve)
+    curves = list(curves)
+    for curve, name, color in zip(curves, names, (f"C{i % 10}" for i in range(len(curves)))):
         label = f"{name} (AP{round(iou * 100)} {curve.mean_precision:.3f}, recall {curve.mean_recall:.3f})"
         ax_pr.plot(curve.recall, curve.precision, color=color, label=label)
         if curve.scores is not None:
