@@ -110,7 +110,6 @@ def _with_command(monkeypatch, error: BaseException) -> None:
                                    UserError("some user mistake")])
 def test_a_user_error_is_one_line_with_exit_code_2(monkeypatch, capsys, error):
     _with_command(monkeypatch, error)
-    monkeypatch.setattr(cli, "LEGACY_USER_ERRORS", ())  # the final policy
     assert cli.main(["boom"]) == 2
     err = capsys.readouterr().err
     assert err == f"detr boom: error: {error}\n"
@@ -120,7 +119,6 @@ def test_a_user_error_is_one_line_with_exit_code_2(monkeypatch, capsys, error):
                                    TypeError("bad call"), AssertionError()])
 def test_anything_else_is_a_bug_and_keeps_its_traceback(monkeypatch, error):
     _with_command(monkeypatch, error)
-    monkeypatch.setattr(cli, "LEGACY_USER_ERRORS", ())  # the final policy
     with pytest.raises(type(error)):
         cli.main(["boom"])
 
@@ -131,18 +129,13 @@ def test_verbose_shows_the_traceback_of_user_errors_too(monkeypatch):
         cli.main(["-v", "boom"])
 
 
-def test_legacy_built_in_user_errors_are_one_line_until_converted(monkeypatch, capsys):
-    """Temporary (issue 9): code not yet converted to torchdetr.errors still raises these for user mistakes."""
-    assert cli.is_user_error(ValueError("x")) == (ValueError in cli.LEGACY_USER_ERRORS)
-    monkeypatch.setattr(cli, "LEGACY_USER_ERRORS", (ValueError,))
-    _with_command(monkeypatch, ValueError("--x: legacy"))
-    assert cli.main(["boom"]) == 2 and capsys.readouterr().err == "detr boom: error: --x: legacy\n"
-    assert not cli.is_user_error(RuntimeError("x"))
+def test_only_user_errors_are_one_line():
+    assert cli.is_user_error(ConfigError("x")) and cli.is_user_error(UserError("x"))
+    assert not any(cli.is_user_error(e) for e in (ValueError("x"), KeyError("x"), FileNotFoundError("x"), RuntimeError("x")))
 
 
 def test_a_bug_prints_a_traceback_and_a_user_error_one_line_in_a_real_process():
     script = ("import sys, torchdetr.cli as cli\n"
-              "cli.LEGACY_USER_ERRORS = ()\n"
               "def run(args): raise {}\n"
               "def build_parser(only=None):\n"
               "    import argparse\n"

@@ -7,9 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from torchdetr.cli import main
+
+from .test_io import _png_header as png_header
+from .test_validate import mutated_files
 
 
 def voc_folder(root: Path) -> Path:
@@ -108,3 +113,37 @@ def test_synth_writes_a_dataset_that_checks(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "check", str(out)]) == 0
     assert main(["data", "synth", "--out", str(out), "--num_train", "-1"]) == 2
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["data", "synth", "--out", str(out), "--num_train", "1", "--num_val", "1"]) == 2  # a dataset is there
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["data", "synth", "--out", str(out), "--num_train", "1", "--num_val", "1", "--overwrite"]) == 0
+    assert len(json.loads((out / "annotations" / "instances_train.json").read_text())["images"]) == 1
+
+
+# ---------------------------------------------------------------- `detr data check` never raises (issue 10, item 11)
+HOSTILE_IMAGE_PREFIXES = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00", b"RIFF"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(content=mutated_files(), header=st.sampled_from(HOSTILE_IMAGE_PREFIXES), body=st.binary(max_size=80),
+       width=st.integers(0, 2**31 - 1), height=st.integers(0, 2**31 - 1), full=st.booleans())
+def test_data_check_never_raises_on_any_annotation_file_or_image_header(tmp_path_factory, content, header, body, width,
+                                                                         height, full):
+    """Fuzzed annotation files and image files (random bytes after real magic numbers; PNG headers declaring any
+    size, decompression bombs included) through ``detr data check``: exit code 0, 1 or 2, never an exception."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "annotations").mkdir()
+    (root / "images" / "b").mkdir(parents=True)
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(content))
+    (root / "images" / "a.png").write_bytes(header + body)
+    (root / "images" / "b" / "c.png").write_bytes(png_header(width, height))
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = main(["data", "check", str(root), *(["--full"] if full else [])])
+    assert code in (0, 1, 2) and "Traceback" not in err.getvalue()
+    if code == 2:
+        assert err.getvalue().count("\n") == 1

@@ -134,7 +134,10 @@ def test_visualize_attention_writes_the_two_pictures(tmp_path, checkpoint, datas
     with Image.open(decoder) as three:
         height_three = three.height
     assert main(["visualize", "attention", str(image), "--model", str(checkpoint), "--output", str(out),
-                 "--threshold", "0", "--max_detections", "1"]) == 0
+                 "--threshold", "0", "--max_detections", "1"]) == 2  # the earlier pictures are kept …
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["visualize", "attention", str(image), "--model", str(checkpoint), "--output", str(out),
+                 "--threshold", "0", "--max_detections", "1", "--overwrite"]) == 0  # … unless asked
     with Image.open(decoder) as one:
         assert one.height < height_three  # one row per detection
     capsys.readouterr()

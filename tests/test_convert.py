@@ -370,9 +370,9 @@ def test_yolo_without_class_names_says_how_to_fix(tmp_path):
 
 def test_output_folder_rules(tmp_path):
     src = write_voc(tmp_path / "voc", {"a.jpg": GT["a.jpg"]})
-    with pytest.raises(OutputError, match="inside the source"):
+    with pytest.raises(OutputError, match="inside the input folder"):
         convert_dataset("voc", src, src / "coco")
-    with pytest.raises(OutputError, match="contains the source"):
+    with pytest.raises(OutputError, match="contains the input folder"):
         convert_dataset("voc", src, tmp_path)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")

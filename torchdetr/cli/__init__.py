@@ -36,18 +36,9 @@ COMMANDS: dict[str, str] = {
 
 USER_ERROR_EXIT_CODE = 2
 
-# TEMPORARY (issue 9): built-in exception types that code not yet converted to torchdetr.errors still
-# raises for user mistakes; until every module raises UserError subclasses, these are printed as one line
-# too (internal bugs of these types included). The lead empties this tuple after merging the conversions,
-# leaving UserError as the only one-line error.
-LEGACY_USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError, ModuleNotFoundError, ConnectionError,
-)
-
-
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is the user's mistake (one line, exit 2) rather than a bug (traceback)."""
-    return isinstance(err, (UserError, *LEGACY_USER_ERRORS))
+    return isinstance(err, UserError)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -82,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.verbose or not is_user_error(err):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"detr {args.command}: error: {message}", file=sys.stderr)
+        print(f"detr {args.command}: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
 
 

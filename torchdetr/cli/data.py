@@ -7,7 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, OutputError
+from ..atomic_write import write_atomic
+from ..errors import ConfigError
+from ..output_paths import refuse_earlier_work, refuse_inputs, refuse_non_empty_folder
 
 DEFAULT_VAL_FRACTION = 0.2
 
@@ -43,6 +45,9 @@ def add_parser(subparsers) -> None:
     k.add_argument("path", metavar="DIR_OR_ANN", help="dataset folder or instances_*.json file")
     k.add_argument("--images", metavar="DIR", help="image folder of an annotation file (default: guessed from the layout)")
     k.add_argument("--no_images", action="store_true", help="do not open the image files (faster)")
+    k.add_argument("--full", action="store_true",
+                   help="decode every image with the training loader (slower; finds truncated files and pixel values "
+                        "it refuses, such as NaN) instead of reading headers only")
     k.add_argument("--max_per_kind", type=int, default=10, help="problems listed per kind (default %(default)s)")
     k.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
     k.set_defaults(func=run_check)
@@ -76,6 +81,7 @@ def add_parser(subparsers) -> None:
     y.add_argument("--num_val", type=int, default=200, help="validation images (default %(default)s)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     y.add_argument("--image_size", type=int, default=None, help="image side in pixels (default: the generator's)")
+    y.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (files of the same names are replaced)")
     y.set_defaults(func=run_synth)
 
 
@@ -109,18 +115,24 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from ..data.check import check_coco_folder, check_dataset
 
+    if args.full and args.no_images:
+        raise ConfigError("--full decodes the images, --no_images opens none: choose one")
+    images_mode = "decode" if args.full else not args.no_images
     path = Path(args.path)
     if path.is_file():
         images = Path(args.images) if args.images else None
-        reports = {path.stem.removeprefix("instances_"): check_dataset(path, images, check_images=not args.no_images)}
+        reports = {path.stem.removeprefix("instances_"): check_dataset(path, images, check_images=images_mode)}
     else:
         if args.images:
             raise ConfigError("--images applies to a single annotation file, not to a dataset folder")
-        reports = check_coco_folder(path, check_images=not args.no_images)
+        reports = check_coco_folder(path, check_images=images_mode)
+    if args.json:
+        refuse_inputs(args.json, [p for r in reports.values() for p in (r.ann_file, r.images_dir)], what=f"--json {args.json}")
     for report in reports.values():
         print(report.format(max_per_kind=args.max_per_kind))
     if args.json:
-        Path(args.json).write_text(json.dumps({name: r.to_json() for name, r in reports.items()}, indent=1))
+        content = json.dumps({name: r.to_json() for name, r in reports.items()}, indent=1)
+        write_atomic(args.json, lambda f: f.write(content.encode()), what="report")
     failed = [name for name, r in reports.items() if not r.ok]
     print(f"\n{'FAILED: errors in ' + ', '.join(failed) if failed else 'OK: no errors'}"
           f"{'' if failed else ' (warnings do not stop training)' if any(r.warnings for r in reports.values()) else ''}")
@@ -130,7 +142,10 @@ def run_check(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from ..data.stats import compute_stats, format_stats, plot_stats
 
-    all_stats = [compute_stats(ann, name) for name, (ann, _) in _annotation_files(Path(args.path)).items()]
+    files = _annotation_files(Path(args.path))
+    if args.out:
+        refuse_inputs(args.out, [ann for ann, _ in files.values()], what=f"--out {args.out}")
+    all_stats = [compute_stats(ann, name) for name, (ann, _) in files.items()]
     print(format_stats(all_stats))
     if args.out:
         print(f"\nplot written to {plot_stats(all_stats, args.out)}")
@@ -144,6 +159,7 @@ def run_synth(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "image_size" else 0):
             raise ConfigError(f"--{flag} must be {'positive' if flag == 'image_size' else '>= 0'}, got {value}")
+    refuse_non_empty_folder(args.out, what=f"--out {args.out}", overwrite=args.overwrite)
     extra = {"image_size": args.image_size} if args.image_size is not None else {}
     out = write_coco_folder(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, **extra)
     print(f"synthetic dataset written to {out} ({args.num_train} train, {args.num_val} val images)")
@@ -168,12 +184,8 @@ def run_preview(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: the preview is a .png file")
     files = resolve_split(args.coco_path, args.split)
     dataset = CocoDetection(files.images_dir, files.ann_file)
-    inputs = {files.ann_file.resolve()} | {(files.images_dir / image["file_name"]).resolve()
-                                           for image in dataset.coco.dataset["images"]}
-    if out.resolve() in inputs:
-        raise OutputError(f"--out {out} is a file of the dataset: the preview never replaces an input")
-    if out.exists() and not args.overwrite:
-        raise OutputError(f"--out {out} exists: choose another file, or replace it with --overwrite")
+    refuse_inputs(out, [files.ann_file, files.images_dir, args.augment], what=f"--out {out}")
+    refuse_earlier_work([out], what=f"--out {out}", overwrite=args.overwrite)
     augmentation = load_augmentation(args.augment, args.image_size, args.max_size)
     torch.manual_seed(args.seed)
     rows = preview_samples(dataset, augmentation, args.images, args.repeats)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..inference.export_contract import (
     DEFAULT_IMAGE_SIZE,
     FORMATS,
@@ -16,6 +16,7 @@ from ..inference.export_contract import (
     format_from_path,
     sample_size_for,
 )
+from ..output_paths import make_output_folder, refuse_inputs
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +44,16 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_output(args: argparse.Namespace) -> Path:
+    """``--output``, refused when it is ``--model`` (or any input) or a folder; its folder is created."""
+    output = Path(args.output)
+    refuse_inputs(output, [args.model], what=f"--output {output}")
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a folder: give the file to write (e.g. {output / 'model.onnx'})")
+    make_output_folder(output.parent, what=f"--output {output}: its folder {output.parent}")
+    return output
+
+
 def run(args: argparse.Namespace) -> int:
     fmt = args.format or format_from_path(args.output)
     if args.opset is not None and fmt != "onnx":
@@ -55,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import export
     from ..inference.loading import load_model
 
+    output = check_output(args)
     sample_size = sample_size_for(args.image_size)
     dynamic = not args.static
     loaded = load_model(args.model, device="cpu")
-    output = Path(args.output)
     check = export.export_model(loaded.model, output, fmt, sample_size=sample_size, dynamic=dynamic,
                                 opset=args.opset or export.DEFAULT_OPSET, check=args.check,
                                 metadata=export.loaded_model_metadata(loaded))

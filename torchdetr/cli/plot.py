@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..atomic_write import replace_atomic
+from ..errors import ConfigError, OutputError
+from ..output_paths import refuse_inputs
 
 FIGURE_DPI = 100
 
@@ -35,19 +37,33 @@ def add_parser(subparsers) -> None:
     pr.set_defaults(func=run_pr)
 
 
-def _save(fig, output: str) -> Path:
+def _check_output(output: str, inputs: list[Path]) -> Path:
+    """``--output``: a .png file that is none of the inputs (checked before any work)."""
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--output: {output!r} must be a .png file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI)
+    refuse_inputs(path, inputs, what=f"--output {output}")
+    if path.is_dir():
+        raise OutputError(f"--output {output} is a folder: give the .png file to write")
+    return path
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure atomically (a failure removes the partial file and names ``path``)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"), what="plot")
+    finally:
+        plt.close(fig)
     return path
 
 
 def run_logs(args: argparse.Namespace) -> int:
-    from ..viz.logs import plot_logs
+    from ..viz.logs import find_log, plot_logs
 
-    path = _save(plot_logs(args.runs, args.fields, args.ewm_col, args.log_name), args.output)
+    output = _check_output(args.output, [find_log(run, args.log_name) for run in args.runs])
+    path = _save(plot_logs(args.runs, args.fields, args.ewm_col, args.log_name), output)
     print(f"wrote {path}")
     return 0
 
@@ -55,8 +71,9 @@ def run_logs(args: argparse.Namespace) -> int:
 def run_pr(args: argparse.Namespace) -> int:
     from ..viz.precision_recall import plot_precision_recall
 
+    output = _check_output(args.output, [Path(file) for file in args.files])
     fig, curves = plot_precision_recall(args.files, args.iou, args.names)
     for file, curve in zip(args.files, curves):
         print(f"{file}: AP{round(args.iou * 100)} {curve.mean_precision:.3f}, recall {curve.mean_recall:.3f}")
-    print(f"wrote {_save(fig, args.output)}")
+    print(f"wrote {_save(fig, output)}")
     return 0

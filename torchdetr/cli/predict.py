@@ -3,6 +3,10 @@
 Directories are walked (recursively) for image files; files that cannot be read are reported and
 skipped. Image ids are 1, 2, … in the listed order, or taken from a COCO annotation file
 (``--annotations``) by file name, so that the JSON can be evaluated against that dataset.
+
+``--output`` never touches an input: a pictures folder that is, holds or lies inside an input folder (or
+image) is refused, and so is an earlier prediction in ``--output`` unless ``--overwrite``
+(``torchdetr.output_paths``). Every file is written atomically (``torchdetr.atomic_write``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, DataError, MissingFileError
+from ..atomic_write import replace_atomic, write_atomic
+from ..errors import ConfigError, DataError, MissingFileError, OutputError
+from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ..inference.detection import Detection
     from ..inference.detector import Detector
 
@@ -58,6 +66,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
     p.add_argument("--max_size", type=int, help="longest side the model sees (default: the model's)")
     p.add_argument("--no_render", action="store_true", help="write predictions.json only, no pictures")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the predictions.json and pictures of an earlier prediction in --output")
     p.set_defaults(func=run)
 
 
@@ -155,6 +165,30 @@ def _load_detector(args: argparse.Namespace) -> Detector:
     return Detector.from_pretrained(args.model, device=args.device, **options)
 
 
+def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(--output, its pictures folder)``; refuses an output that is or holds an input, and an earlier
+    prediction there (unless ``--overwrite``). Runs before anything is loaded or written."""
+    output = Path(args.output)
+    what = f"--output {output}"
+    inputs = [*args.inputs, args.model, args.onnx, args.annotations]
+    refuse_inputs(output / PREDICTIONS_FILE, inputs, what=f"{what} (its {PREDICTIONS_FILE})")
+    pictures = output / PICTURES_DIR
+    if not args.no_render:
+        refuse_inputs(pictures, inputs, what=f"{what} (its pictures folder {pictures})", folder=True)
+    refuse_earlier_work([output / PREDICTIONS_FILE, pictures], what=what, overwrite=args.overwrite)
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{what} is a file, not a folder: choose a folder")
+    return output, pictures
+
+
+def save_picture(picture: Image.Image, target: Path) -> None:
+    """Write a rendered picture atomically (its format from the suffix: JPEG or PNG); OS failures name ``target``."""
+    fmt = "JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    make_output_folder(target.parent, what=str(target.parent))
+    replace_atomic(target, lambda tmp: picture.save(tmp, format=fmt, **options), what="picture")
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
@@ -170,10 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise MissingFileError(f"no images found in {', '.join(args.inputs)}")
     image_ids = assign_image_ids(files, args.annotations)
+    output, pictures = check_outputs(args)
     detector = _load_detector(args)
-    output = Path(args.output)
-    pictures = output / PICTURES_DIR
-    pictures.mkdir(parents=True, exist_ok=True)
+    make_output_folder(pictures if not args.no_render else output, what=f"--output {output}")
 
     results: list[dict] = []
     skipped: list[str] = []
@@ -196,14 +229,12 @@ def run(args: argparse.Namespace) -> int:
                 if image_ids[index] is not None:
                     results.extend(coco_results(detections, image_ids[index], files[index].name))
                 if not args.no_render:
-                    target = pictures / picture_name(files[index].name, used_names)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    draw_detections(image, detections).save(target, quality=JPEG_QUALITY)
+                    save_picture(draw_detections(image, detections), pictures / picture_name(files[index].name, used_names))
         progress.update(min(args.batch_size, len(files) - start))
     progress.close()
 
     predictions = output / PREDICTIONS_FILE
-    predictions.write_text(json.dumps(results))
+    write_atomic(predictions, lambda f: f.write(json.dumps(results).encode()), what="predictions")
     print(f"{num_images} image(s), {num_detections} detection(s) above {args.threshold:g} → {predictions}"
           + ("" if args.no_render else f"; pictures in {pictures}"))
     if skipped:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic_write import replace_atomic
 from ..errors import ConfigError
+from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
 
 FIGURE_DPI = 100
 
@@ -43,7 +45,29 @@ def add_parser(subparsers) -> None:
                    help="encoder maps: attention of every cell to the point (the notebook's view) or from it")
     a.add_argument("--max_detections", type=int, default=10, help="at most this many rows in the decoder picture")
     a.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    a.add_argument("--overwrite", action="store_true", help="replace the pictures of an earlier run for this image")
     a.set_defaults(func=run_attention)
+
+
+def check_outputs(args: argparse.Namespace, output: Path) -> tuple[Path, Path]:
+    """The two picture paths in ``--output``, refused when one is an input or (without ``--overwrite``) exists."""
+    stem = Path(args.image).stem
+    paths = output / f"{stem}_decoder_attention.png", output / f"{stem}_encoder_attention.png"
+    for path in paths:
+        refuse_inputs(path, [args.image, args.model], what=f"--output {output} (its {path.name})")
+    refuse_earlier_work(paths, what=f"--output {output}", overwrite=args.overwrite)
+    return paths
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (a failure removes the partial file and names ``path``)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        replace_atomic(path, lambda tmp: figure.savefig(tmp, dpi=FIGURE_DPI, format="png"), what="picture")
+    finally:
+        plt.close(figure)
+    return path
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -58,20 +82,15 @@ def run_attention(args: argparse.Namespace) -> int:
     for x, y in args.points or []:
         if not (0 <= x < image.width and 0 <= y < image.height):
             raise ConfigError(f"--points: ({x:g}, {y:g}) is outside {args.image} ({image.width} x {image.height} pixels)")
+    output = Path(args.output)
+    decoder_path, encoder_path = check_outputs(args, output)
     detector = Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold)
     maps = detector.attention(image)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
-    written = []
-    decoder_path = output / f"{stem}_decoder_attention.png"
-    decoder_attention_figure(image, maps, args.max_detections).savefig(decoder_path, dpi=FIGURE_DPI)
-    written.append(decoder_path)
+    make_output_folder(output, what=f"--output {output}")
+    written = [save_figure(decoder_attention_figure(image, maps, args.max_detections), decoder_path)]
     if maps.encoder is not None:
         points = args.points or default_reference_points(maps)
-        encoder_path = output / f"{stem}_encoder_attention.png"
-        encoder_attention_figure(image, maps, points, args.direction).savefig(encoder_path, dpi=FIGURE_DPI)
-        written.append(encoder_path)
+        written.append(save_figure(encoder_attention_figure(image, maps, points, args.direction), encoder_path))
     else:
         print("the model has no encoder layers: no encoder self-attention picture")
     print(f"{len(maps.detections)} detection(s) above {args.threshold:g}; wrote {', '.join(map(str, written))}")

@@ -11,6 +11,9 @@ module adds the image files (headers only, read by :mod:`.io`):
 * ``missing_image``, ``unreadable_image`` (not an image, truncated header, larger than Pillow's
   decompression-bomb limit), ``size_mismatch`` (JSON size is neither the stored nor the EXIF-upright
   size) → error;
+* with ``check_images="decode"`` (``detr data check --full``), every image is decoded by the training
+  loader (:func:`.io.load_rgb_image`): ``unreadable_image`` (truncated or corrupt pixel data) and
+  ``refused_pixels`` (NaN or out-of-range high-bit-depth values) → error;
 * ``exif_orientation`` (a rotation tag; torchdetr's loader uses the frame whose size the JSON gives, other
   loaders may not) → warning;
 * ``high_bit_depth`` (16-bit, 32-bit integer or float pixels, rescaled to 8 bit by the loader's rule,
@@ -25,15 +28,19 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .io import ImageHeader, UnreadableImageError, describe_mode, read_image_header
+from ..errors import DataError
+from .io import ImageHeader, UnreadableImageError, describe_mode, load_rgb_image, read_image_header
 from .layout import find_splits, images_dir_for
 from .validate import HINTS, IMBALANCE_RATIO, OUTSIDE_TOLERANCE, Problem, read_coco_json, validate_coco
 
-__all__ = ["HINTS", "IMBALANCE_RATIO", "OUTSIDE_TOLERANCE", "CheckReport", "Problem", "check_coco_folder", "check_dataset"]
+__all__ = ["DECODE_IMAGES", "HINTS", "IMBALANCE_RATIO", "OUTSIDE_TOLERANCE", "CheckReport", "Problem", "check_coco_folder",
+           "check_dataset"]
 
-HEADER_THREADS = 8  # image headers are read in parallel (I/O bound)
+HEADER_THREADS = 8  # image headers are read (or images decoded: Pillow releases the GIL) in parallel
+DECODE_IMAGES = "decode"  # check_images value of ``detr data check --full``
+ImageCheck = bool | Literal["decode"]
 
 
 @dataclass
@@ -107,14 +114,17 @@ class _ImageFileChecker:
     def warn(self, kind: str, message: str, file: str, **ids: tuple[int, ...]) -> None:
         self.report.warnings.append(Problem(kind, message, file, **ids))
 
-    def check(self, images: dict[int, dict], images_dir: Path) -> None:
-        def probe(im: dict) -> tuple[dict, ImageHeader | UnreadableImageError | None]:
+    def check(self, images: dict[int, dict], images_dir: Path, decode: bool = False) -> None:
+        def probe(im: dict) -> tuple[dict, ImageHeader | DataError | None]:
             path = images_dir / im["file_name"]
             if not path.is_file():
                 return im, None
             try:
-                return im, read_image_header(path)
-            except UnreadableImageError as err:
+                header = read_image_header(path)
+                if decode:
+                    load_rgb_image(path)  # what training does with the file: decode, turn upright, convert to RGB
+                return im, header
+            except DataError as err:
                 return im, err
 
         with ThreadPoolExecutor(HEADER_THREADS) as pool:
@@ -129,9 +139,10 @@ class _ImageFileChecker:
             iid, path = im["id"], images_dir / im["file_name"]
             if header is None:
                 self.error("missing_image", f"image {iid}: file not found", str(path), image_ids=(iid,))
-            elif isinstance(header, UnreadableImageError):
+            elif isinstance(header, DataError):
                 reason = str(header).removeprefix(f"{path}: ")
-                self.error("unreadable_image", f"image {iid}: {reason}", str(path), image_ids=(iid,))
+                kind = "unreadable_image" if isinstance(header, UnreadableImageError) else "refused_pixels"
+                self.error(kind, f"image {iid}: {reason}", str(path), image_ids=(iid,))
             else:
                 self.size(im, header, path)
                 self.mode(im, header, path)
@@ -159,7 +170,7 @@ class _ImageFileChecker:
             self.warn("high_bit_depth", f"image {im['id']}: mode {header.mode}: {rule}", str(path), image_ids=(im["id"],))
 
 
-def _check(ann_file: Path, images_dir: Path | None, check_images: bool) -> tuple[CheckReport, dict[int, dict]]:
+def _check(ann_file: Path, images_dir: Path | None, check_images: ImageCheck) -> tuple[CheckReport, dict[int, dict]]:
     """The report of one annotation file and its valid image records ``{id: record}``."""
     report = CheckReport(ann_file, images_dir)
     content, unreadable = read_coco_json(ann_file)
@@ -178,9 +189,10 @@ def _check(ann_file: Path, images_dir: Path | None, check_images: bool) -> tuple
                 "missing_image", f"image folder {images_dir or '(none found beside the annotations)'} does not exist",
                 str(ann_file), image_ids=tuple(images)))
         else:
-            _ImageFileChecker(report).check(images, images_dir)
+            _ImageFileChecker(report).check(images, images_dir, decode=check_images == DECODE_IMAGES)
     report.info = _info(content, validation.categories, images, validation.boxes_per_category)
     report.info["images_checked"] = bool(check_images and images_dir is not None and images_dir.is_dir())
+    report.info["images_decoded"] = report.info["images_checked"] and check_images == DECODE_IMAGES
     return report, images
 
 
@@ -199,14 +211,17 @@ def _info(content: dict, categories: dict[int, str], images: dict[int, dict], pe
 
 
 
-def check_dataset(ann_file: Path | str, images_dir: Path | str | None = None, *, check_images: bool = True) -> CheckReport:
+def check_dataset(ann_file: Path | str, images_dir: Path | str | None = None, *,
+                  check_images: ImageCheck = True) -> CheckReport:
     """Check one COCO annotation file (and, with ``check_images``, the headers of its image files).
 
     Args:
         ann_file: a COCO ``instances_*.json`` file.
         images_dir: the folder ``file_name`` is relative to; guessed from the layout when None
             (``annotations/instances_val2017.json`` → ``val2017/`` or ``images/``).
-        check_images: read each image's header (existence, readability, size, EXIF orientation, mode).
+        check_images: read each image's header (existence, readability, size, EXIF orientation, mode);
+            ``"decode"`` (:data:`DECODE_IMAGES`, ``detr data check --full``) also decodes every image with the
+            training loader (:func:`.io.load_rgb_image`), finding truncated files and refused pixel values.
 
     Never raises for bad data: every problem is in the returned report.
     """
@@ -216,7 +231,7 @@ def check_dataset(ann_file: Path | str, images_dir: Path | str | None = None, *,
     return _check(ann_file, Path(images_dir) if images_dir is not None else None, check_images)[0]
 
 
-def check_coco_folder(root: Path | str, *, check_images: bool = True) -> dict[str, CheckReport]:
+def check_coco_folder(root: Path | str, *, check_images: ImageCheck = True) -> dict[str, CheckReport]:
     """Check every split of a dataset folder (generic or COCO 2017 layout, see :mod:`.layout`).
 
     A picture (``file_name``) that appears in an earlier split too is reported as ``split_overlap``

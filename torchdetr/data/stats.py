@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic_write import replace_atomic
 from ..categories import category_names_from_coco
 from ..errors import DataError, MissingFileError
 from .validate import read_coco_json, validate_coco
@@ -21,6 +22,7 @@ from .validate import read_coco_json, validate_coco
 SMALL_AREA = 32**2  # COCO's area thresholds (pixels²)
 MEDIUM_AREA = 96**2
 SIZE_BUCKETS = ("small", "medium", "large")
+PLOT_DPI = 90
 BOXES_PER_IMAGE_BINS: tuple[tuple[int, int | None], ...] = ((0, 0), (1, 1), (2, 5), (6, 10), (11, 20), (21, 50), (51, 100),
                                                             (101, None))
 
@@ -155,7 +157,6 @@ def plot_stats(all_stats: list[DatasetStats], out_png: Path | str) -> Path:
     import matplotlib.pyplot as plt
 
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     classes = list(dict.fromkeys(c for s in all_stats for c in s.boxes_per_class))
     width = 0.8 / max(1, len(all_stats))
@@ -198,6 +199,8 @@ def plot_stats(all_stats: list[DatasetStats], out_png: Path | str) -> Path:
     ax.legend()
     fig.suptitle(", ".join(f"{s.name}: {s.num_images} images, {s.num_boxes} boxes" for s in all_stats))
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    try:
+        replace_atomic(out_png, lambda tmp: fig.savefig(tmp, dpi=PLOT_DPI, format="png"), what="plot")
+    finally:
+        plt.close(fig)
     return out_png

@@ -36,7 +36,9 @@ from pycocotools import mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..atomic_write import write_atomic
 from ..errors import ConfigError
+from ..output_paths import make_output_folder, writing
 from .coco import coco_annotations_to_target, coco_from_dict
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
@@ -303,16 +305,19 @@ def write_coco_folder(
     Creates ``images/{train,val}_NNNNNN.png`` and ``annotations/instances_{train,val}.json``. The splits
     use ``split_seed(seed, "train")`` and ``split_seed(seed, "val")``, the seeds ``build_dataset`` uses
     for ``--dataset_file synthetic --seed SEED``, so the folder holds the same images as that run.
+    Files of the same names are replaced (``detr data synth`` refuses a non-empty folder without
+    ``--overwrite``); annotation files atomically. A failed write is an ``OutputError`` naming the file.
     """
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    make_output_folder(out / "images", what=str(out))
+    make_output_folder(out / "annotations", what=str(out))
     for image_set, count in (("train", num_train), ("val", num_val)):
         dataset = SyntheticShapes(count, seed=split_seed(seed, image_set), image_size=image_size)
         data = dict(dataset.coco.dataset)
         data["images"] = [dict(info, file_name=f"{image_set}_{info['file_name']}") for info in data["images"]]
         for i, info in enumerate(data["images"]):
-            PIL.Image.fromarray(dataset.render(i)).save(out / "images" / info["file_name"], compress_level=1)
-        with open(out / "annotations" / f"instances_{image_set}.json", "w") as f:
-            json.dump(data, f)
+            with writing(out / "images" / info["file_name"], what="image") as path:
+                PIL.Image.fromarray(dataset.render(i)).save(path, compress_level=1)
+        write_atomic(out / "annotations" / f"instances_{image_set}.json", lambda f, data=data: f.write(json.dumps(data).encode()),
+                     what="annotation file")
     return out

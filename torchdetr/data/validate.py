@@ -71,6 +71,7 @@ HINTS: dict[str, str] = {
     "size_mismatch": "width/height in the JSON must be the image's real size; boxes are scaled by it",
     "exif_orientation": "re-save the image upright without the EXIF tag (`detr data convert` does this)",
     "high_bit_depth": "check that the 8-bit rescale keeps what matters, or convert the images to 8 bit yourself",
+    "refused_pixels": "the training loader refuses these pixel values (NaN, infinite, out of range); fix the image",
     NON_FINITE: "NaN or inf in a number; training would produce NaN losses",
     BAD_BOX_SIZE: "bbox is [x, y, width, height] (not x2, y2); width and height must be > 0",
     BOX_OUTSIDE_IMAGE: "the box does not overlap its image; check the coordinates and the image size",

@@ -53,7 +53,8 @@ def load_run_data(
 
 
 def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> None:
-    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path``; raise ``DataCheckFailed`` with the report."""
+    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path``; raise ``DataCheckFailed`` (one line: the
+    first error, how many more, and the command that lists them) when a split has errors."""
     from ..data.check import check_dataset
     from ..data.coco import resolve_coco_layout
 
@@ -68,8 +69,10 @@ def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> N
                      ann_file, MAX_IMAGES_TO_CHECK)
         report = check_dataset(ann_file, images_dir, check_images=read_images)
         if not report.ok:
-            raise DataCheckFailed(f"{ann_file}: the {split} data has problems; fix them or pass --skip_data_check:\n"
-                                  + report.format())
+            first, more = report.errors[0], len(report.errors) - 1
+            others = f" and {more} more error(s)" if more else ""
+            raise DataCheckFailed(f"{first.one_line()} ({first.kind}{others} in the {split} data {ann_file}: "
+                                  f"`detr data check {cfg.coco_path}` lists them; fix them or pass --skip_data_check)")
         if report.warnings:
             log.warning("%s: %d warning(s) from the data check (run `detr data check %s` for details)",
                         ann_file, len(report.warnings), cfg.coco_path)

@@ -24,6 +24,7 @@ from ..evaluation.coco import CocoEvaluator
 from ..evaluation.tables import STAT_NAMES, format_per_class_table, format_stats_table
 from ..losses.build import build_model
 from ..losses.set_criterion import SetCriterion
+from ..models.postprocess import check_finite_outputs
 from . import distributed as du
 from .datasets import load_run_data, resolve_num_classes
 from .loaders import make_loaders
@@ -103,6 +104,7 @@ def evaluate(
         with autocast_context(device, cfg.amp):
             outputs = model(samples)
         outputs = to_float(outputs)
+        check_finite_outputs(outputs, cfg.resume if cfg.eval else None)
         loss_dict = criterion(outputs, targets)
         averager.update(loss_dict, float(criterion.weighted_total(loss_dict)))
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)  # [B, 2] (H, W)

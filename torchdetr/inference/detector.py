@@ -27,7 +27,7 @@ from ..data.io import load_rgb_image, to_upright_rgb
 from ..data.transforms import validation_size
 from ..engine.runtime import resolve_device
 from ..errors import ConfigError, DataError
-from ..models.postprocess import PostProcess
+from ..models.postprocess import PostProcess, check_finite_outputs
 from ..structures import NestedTensor, nested_tensor_from_tensor_list
 from .attention import AttentionMaps, capture_attention
 from .detection import Detection
@@ -107,6 +107,8 @@ class Detector:
     contract (e.g. an ONNX runner; attention maps then are unavailable).
     """
 
+    source: str | None = None  # how error messages name the model (its file or official name), when known
+
     def __init__(
         self,
         model: nn.Module | ModelRunner,
@@ -151,7 +153,7 @@ class Detector:
         resolved = resolve_device(device)
         loaded = load_model(name_or_path, device=resolved)
         image_size, max_size = _chosen_size(image_size, max_size, (loaded.image_size, loaded.max_size))
-        return cls(
+        detector = cls(
             loaded.model,
             loaded.category_names,
             threshold=threshold,
@@ -161,6 +163,8 @@ class Detector:
             batch_size=batch_size,
             focal=loaded.config.cls_loss == "focal",
         )
+        detector.source = str(name_or_path)
+        return detector
 
     @classmethod
     def from_onnx(
@@ -187,7 +191,7 @@ class Detector:
         runner = OnnxRunner(path, providers=providers)
         config = runner.config
         image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
-        return cls(
+        detector = cls(
             runner,
             runner.category_names,
             threshold=threshold,
@@ -197,6 +201,8 @@ class Detector:
             batch_size=batch_size,
             focal=config is not None and config.cls_loss == "focal",
         )
+        detector.source = str(path)
+        return detector
 
     # ------------------------------------------------------------------ pre-processing
     def preprocess(self, image: Image.Image) -> Tensor:
@@ -250,6 +256,7 @@ class Detector:
         threshold = self.threshold if threshold is None else threshold
         if not 0.0 <= threshold < 1.0:
             raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+        check_finite_outputs(outputs, self.source)
         results = self._postprocess({"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
                                     image_sizes)
         detections = []

@@ -25,15 +25,16 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..atomic_write import replace_atomic
+from ..errors import ConfigError, OutputError
 from ..models.detr import DETR
 from ..models.segmentation import DETRsegm
 from ..structures import NestedTensor
@@ -180,8 +181,19 @@ def loaded_model_metadata(loaded: LoadedModel) -> dict[str, str]:
 
 def _prepare_output(path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: give the file to write")
     return path
+
+
+def _write_file(path: Path, save: Callable[[IO[bytes]], Any]) -> None:
+    """Write an exported file atomically: ``save(f)`` writes a temporary file that is renamed over ``path``
+    (``torchdetr.atomic_write``); a failure (disk full, read-only…) removes it and names ``path``."""
+    def produce(tmp: Path) -> None:
+        with tmp.open("w+b") as f:
+            save(f)
+
+    replace_atomic(path, produce, what="exported model")
 
 
 def _checked(model: nn.Module, path: Path, fmt: str, sample_size: Sequence[int], dynamic: bool) -> ExportCheck:
@@ -262,7 +274,7 @@ def export_onnx(
     _name_dynamic_dims(proto)
     for key, value in default_metadata(model, metadata).items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save_model(proto, str(path))
+    _write_file(path, lambda f: onnx.save_model(proto, f, format="protobuf"))
     log.debug("wrote %s (ONNX opset %d, %.1f MB)", path, opset, path.stat().st_size / 2**20)
     return _checked(model, path, "onnx", sample_size, dynamic) if check else None
 
@@ -292,7 +304,7 @@ def export_torchscript(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, example_inputs(sample_size, EXPORT_BATCH, _device(model)), check_trace=False)
         extra = {METADATA_FILE: json.dumps(default_metadata(model, metadata))}
-        torch.jit.save(traced, str(path), _extra_files=extra)
+        _write_file(path, lambda f: torch.jit.save(traced, f, _extra_files=extra))
     log.debug("wrote %s (TorchScript trace, %.1f MB)", path, path.stat().st_size / 2**20)
     return _checked(model, path, "torchscript", sample_size, True) if check else None
 
@@ -316,7 +328,8 @@ def export_program(
     wrapper = ExportWrapper(model)
     with _export_mode(model):
         program = _export(wrapper, example_inputs(sample_size, EXPORT_BATCH if dynamic else 1, _device(model)), dynamic)
-    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(default_metadata(model, metadata))})
+    extra = {METADATA_FILE: json.dumps(default_metadata(model, metadata))}
+    _write_file(path, lambda f: torch.export.save(program, f, extra_files=extra))
     log.debug("wrote %s (torch.export program, %.1f MB)", path, path.stat().st_size / 2**20)
     return _checked(model, path, "program", sample_size, dynamic) if check else None
 

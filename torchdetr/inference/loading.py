@@ -31,6 +31,7 @@ from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
 from ..models.weight_files import is_url
 from ..models.zoo import OFFICIAL_MODELS, OfficialModel
+from .export_contract import SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "checkpoi
     """
     masks = any(k.startswith("detr.") for k in state_dict)
     prefix = "detr." if masks else ""
+    if f"{prefix}input_proj.weight" not in state_dict or f"{prefix}query_embed.weight" not in state_dict:
+        keys = ", ".join(list(state_dict)[:3]) or "none"
+        raise InputFileError(f"{source}: not a DETR checkpoint: expected the weights of a DETR model (input_proj, "
+                             f"query_embed, transformer, …), found {len(state_dict)} entries (e.g. {keys})")
 
     def get(key: str) -> Tensor:
         try:
@@ -161,6 +166,21 @@ def run_checkpoint(name_or_path: str | Path) -> str:
     raise MissingFileError(f"--model {path} is a folder without {' or '.join(RUN_CHECKPOINTS)} (not a training run's folder)")
 
 
+def _load_checkpoint_file(source: str) -> dict[str, Any]:
+    """``load_checkpoint``, saying so when the unreadable file is an exported model (by its suffix)."""
+    try:
+        return load_checkpoint(source)
+    except InputFileError:
+        fmt = SUFFIXES.get(Path(source).suffix.lower())
+        if fmt is None or Path(source).suffix.lower() == ".pt":  # .pt is a common checkpoint suffix too
+            raise
+        raise InputFileError(
+            f"{source}: an exported {fmt} file is not a checkpoint: give a training checkpoint (.pth, .safetensors) "
+            "or an official model name; run exported files with `detr predict --onnx` (ONNX) or "
+            "torchdetr.inference.runtimes.load_exported"
+        ) from None
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedModel:
     """Official name (``detr_resnet50``, …; downloads the weights), checkpoint path/URL or a training run's folder
     (its ``checkpoint_best.pth``, else ``checkpoint.pth``: :func:`run_checkpoint`) → model in eval mode.
@@ -182,7 +202,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
         raise MissingFileError(
             f"--model: {source!r} is neither an official model name ({', '.join(OFFICIAL_MODELS)}) nor a file"
         )
-    checkpoint = load_checkpoint(source)
+    checkpoint = _load_checkpoint_file(source)
     cfg = config_from_checkpoint(checkpoint, source)
     model = build_detector(cfg)
     state, is_ema = evaluated_weights(checkpoint, use_ema)

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import DETRConfig
 from ..data.build import config_validation_size
 from ..errors import ConfigError, InputFileError, MissingExtraError, MissingFileError
+from ..models.weight_files import TORCH_ZIP_ADVICE
 from ..structures import NestedTensor, as_nested_tensor
 from .export_contract import BOX_OUTPUTS, INPUT_NAMES, MASK_OUTPUT, check_format, format_from_path
 
@@ -56,7 +57,7 @@ def quiet_jit_deprecation() -> Iterator[None]:
 
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return lines[0].split(TORCH_ZIP_ADVICE)[0] if lines else type(err).__name__
 
 
 def _padded_inputs(samples: Samples) -> tuple[Tensor, Tensor]:
@@ -187,11 +188,26 @@ class ModuleRunner:
         return f"ModuleRunner({str(self.path)!r})"
 
 
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_exported(path: str | Path, fmt: str | None = None) -> ExportedRunner:
     """An exported file as a callable ``samples → {"pred_logits", "pred_boxes"[, "pred_masks"]}``.
 
     ``fmt`` defaults to the one named by the file's suffix (``format_from_path``). A missing file is a
     ``MissingFileError``, one that cannot be read as ``fmt`` an ``InputFileError`` naming it.
+
+    **Not safe for untrusted files**: a TorchScript file or a ``torch.export`` program is a program;
+    loading and running it executes the code and operators stored in it. Load only files you trust
+    (ONNX files run in onnxruntime's interpreter of ONNX operators).
     """
     path = Path(path)
     fmt = check_format(fmt or format_from_path(path))
@@ -203,6 +219,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> ExportedRunner:
         if fmt == "torchscript":
             with quiet_jit_deprecation():
                 return ModuleRunner(torch.jit.load(str(path), map_location="cpu"), path)
-        return ModuleRunner(torch.export.load(str(path)).module(), path)
-    except (RuntimeError, ValueError, OSError, KeyError) as err:  # what torch raises for a file of another kind
-        raise InputFileError(f"{path}: not a loadable {fmt} file ({_first_line(err)})") from None
+        with _quiet_logger("torch.export"):  # it logs the traceback of a damaged file before failing itself
+            return ModuleRunner(torch.export.load(str(path)).module(), path)
+    except Exception as err:  # torch raises many kinds (RuntimeError, KeyError, zip errors…) for damaged files
+        raise InputFileError(f"{path}: not a loadable {fmt} file ({type(err).__name__}: {_first_line(err)})") from None

@@ -13,7 +13,43 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from ..errors import InputFileError
+
 PANOPTIC_MIN_AREA = 4  # segments of at most this many pixels are dropped (then ids are recomputed)
+CHECKED_OUTPUTS = ("pred_logits", "pred_boxes")  # the outputs every detection is computed from
+
+
+class NonFiniteOutputError(InputFileError):
+    """The model's outputs hold NaN or infinite values, so no detection it gives could be trusted."""
+
+
+def check_finite_outputs(outputs: Mapping[str, Tensor], source: str | None = None) -> None:
+    """Refuse outputs with NaN or infinite values (``pred_logits`` [B, Q, K+1], ``pred_boxes`` [B, Q, 4]).
+
+    A broken model (weights saved from a diverged run, an overflow in reduced precision) gives NaN
+    scores, which no threshold keeps: without this check it would silently "detect nothing". The one
+    check of ``Detector`` (``detr predict``, ``detr serve``) and of the evaluation loop (``detr eval``).
+
+    Raises:
+        NonFiniteOutputError: naming ``source`` (the model's file or name) and how many images are affected.
+    """
+    bad_images: Tensor | None = None
+    names = []
+    for name in CHECKED_OUTPUTS:
+        value = outputs.get(name)
+        if value is None:
+            continue
+        finite = torch.isfinite(value.detach()).flatten(1).all(1)  # [B]
+        if not bool(finite.all()):
+            names.append(name)
+            bad_images = ~finite if bad_images is None else bad_images | ~finite
+    if bad_images is not None:
+        where = f"{' and '.join(names)} for {int(bad_images.sum())} of {len(bad_images)} image(s)"
+        raise NonFiniteOutputError(
+            f"{f'{source}: ' if source else ''}the model produces non-finite outputs (NaN or infinite values in {where}), "
+            "so its detections would be meaningless: its weights are broken (e.g. saved from a diverged training run) "
+            "or a reduced-precision path overflows"
+        )
 
 
 def id2rgb(id_map: np.ndarray) -> np.ndarray:

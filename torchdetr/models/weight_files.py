@@ -44,9 +44,12 @@ def cached_weights_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
+TORCH_ZIP_ADVICE = ". This is an internal miniz error"  # torch's long advice after a damaged zip file's reason
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return lines[0].split(TORCH_ZIP_ADVICE)[0] if lines else type(err).__name__
 
 
 def download_weights(url: str, *, what: str | None = None, offline_hint: str = "pass the file's path instead") -> Path:
@@ -79,6 +82,17 @@ def _download_message(what: str, url: str, reason: str, cache: Path, offline_hin
             f"and {offline_hint}, or copy it to {cache}")
 
 
+def _damage(path: Path, err: BaseException) -> str:
+    """Why a file could not be read, in a few words: empty, or the reader's first line."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    text = _first_line(err)
+    return f"damaged or truncated? {type(err).__name__}" + (f": {text}" if text != type(err).__name__ else "")
+
+
 def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "weights file") -> Any:
     """The object stored in a local ``.pth`` (``torch.load(weights_only=True)``) or ``.safetensors`` file.
 
@@ -89,13 +103,12 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     if not path.is_file():
         raise MissingFileError(f"{what} not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError) as err:
-            raise InputFileError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        except Exception as err:  # SafetensorError, OSError, or whatever a damaged header makes the parser raise
+            raise InputFileError(f"{path}: not a readable safetensors file ({_damage(path, err)})") from None
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -106,5 +119,6 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
             f"other than tensors and plain containers: {detail[0] if detail else 'unpickling failed'}). Only load "
             "files you trust; if you do, convert it with torch.load(..., weights_only=False) and save its state dict."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise InputFileError(f"{path}: not a readable PyTorch {what} ({_first_line(err)})") from None
+    except Exception as err:  # a damaged file makes torch's (weights-only) unpickler raise anything: KeyError, EOFError…
+        raise InputFileError(f"{path}: not a readable PyTorch {what}: expected a file written by torch.save "
+                             f"({_damage(path, err)})") from None

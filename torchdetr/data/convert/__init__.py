@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...errors import ConfigError, DataError, MissingFileError, OutputError
+from ...output_paths import make_output_folder, refuse_inputs, refuse_non_empty_folder
 from ..io import IMAGE_EXTENSIONS, image_suffixes
 from ..layout import ANN_PREFIX, ANNOTATIONS_DIR, SplitFiles, find_splits, generic_split_files, images_dir_for
 from .classes import read_class_names, validate_class_names
@@ -47,15 +48,10 @@ def _reader(fmt: str, classes: list[str] | None) -> Callable[[Path], SourceDatas
     raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def _check_out_dir(src: Path, out: Path, overwrite: bool) -> None:
-    if out == src or out.is_relative_to(src):
-        raise OutputError(f"--out {out} is inside the source folder {src}; choose a folder outside it")
-    if src.is_relative_to(out):
-        raise OutputError(f"--out {out} contains the source folder {src}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+def _check_out_dir(src: Path, out: Path, overwrite: bool, classes: object) -> None:
+    """``out`` must not overlap ``src`` or the class-name file, nor (without ``overwrite``) hold anything."""
+    refuse_inputs(out, [src, classes if isinstance(classes, (str, Path)) else None], what=f"--out {out}", folder=True)
+    refuse_non_empty_folder(out, what=f"--out {out}", overwrite=overwrite)
 
 
 def convert_dataset(
@@ -87,14 +83,15 @@ def convert_dataset(
     Raises:
         MissingFileError: ``src`` (or the class-name file) does not exist.
         ConfigError: an unknown format or a ``val_fraction`` outside ``[0, 1)``.
-        OutputError: ``out`` is inside ``src`` (or contains it), is a file, or is not empty without ``overwrite``.
+        OutputError: ``out`` is inside ``src`` (or contains it or the class-name file), is a file, is not empty
+            without ``overwrite``, or cannot be written (naming the file; see :mod:`torchdetr.output_paths`).
         DataError: a malformed class-name file, or a source with no usable images;
         each with the path or value at fault in the message.
     """
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     if not src.is_dir():
         raise MissingFileError(f"{src}: source folder not found")
-    _check_out_dir(src, out, overwrite)
+    _check_out_dir(src, out, overwrite, classes)
     check_val_fraction(val_fraction)
     if isinstance(classes, (str, Path)):
         class_names: list[str] | None = read_class_names(Path(classes))
@@ -105,8 +102,11 @@ def convert_dataset(
         dropped = f" ({len(source.problems)} problems, e.g. {source.problems[0].detail})" if source.problems else ""
         raise DataError(f"{src}: no usable images found for format {fmt!r}{dropped}; "
                         f"recognised image files end in {image_suffixes()}")
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out, what=f"--out {out}")
     for stale in [*out.glob(f"{ANNOTATIONS_DIR}/{ANN_PREFIX}*.json"), out / REPORT_FILE]:  # from an earlier run
-        stale.unlink(missing_ok=True)
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"--overwrite: cannot remove {stale}: {err.strerror or err}") from None
     return write_coco_dataset(source, out, fmt=fmt, src=src, class_names=class_names,
                               val_fraction=val_fraction, seed=seed, copy=copy)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...atomic_write import write_atomic
+from ...output_paths import writing
 from ..layout import IMAGES_DIR, generic_split_files
 from .images import write_image
 from .records import (
@@ -233,7 +235,7 @@ def write_coco_dataset(
         1 for p in source.problems if p.kind in BOX_DROP_KINDS)  # boxes of readable label files with images
     counters["boxes_written"] = annotator.next_id - 1
     report = ConversionReport(fmt, str(src), str(out_dir), split_rule, categories, splits_summary, counters, problems)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
+    _write_json(out_dir / REPORT_FILE, report.to_json(), indent=1)
     return report
 
 
@@ -265,11 +267,12 @@ def _plan_splits(images: list[LabeledImage], source_rule: str | None, seed: int,
 def _place_image(image: LabeledImage, out_dir: Path, copy: bool, problems: list[ConversionProblem]) -> str:
     """Write the picture to ``out_dir/images/<file_name>``; return the counter it adds to (``images_linked``, ...)."""
     dst = out_dir / IMAGES_DIR / image.file_name
-    if image.data is not None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(image.data)
-        return "images_extracted"
-    how = write_image(image.source, dst, header=image.header, upright=image.upright, copy=copy)
+    with writing(dst, what="image"):
+        if image.data is not None:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(image.data)
+            return "images_extracted"
+        how = write_image(image.source, dst, header=image.header, upright=image.upright, copy=copy)
     if how == "reencode":
         frame = "upright (EXIF applied)" if image.upright else "as stored (tag dropped)"
         problems.append(ConversionProblem(
@@ -278,6 +281,11 @@ def _place_image(image: LabeledImage, out_dir: Path, copy: bool, problems: list[
         problems.append(ConversionProblem(
             IMAGE_WITHOUT_LABELS, image.file_name, "no label file: kept as an image without objects"))
     return {"link": "images_linked", "copy": "images_copied", "reencode": "images_reencoded"}[how]
+
+
+def _write_json(path: Path, content: dict, indent: int | None = None) -> None:
+    """Write a JSON file atomically (``torchdetr.atomic_write``: never a partial file; failures name ``path``)."""
+    write_atomic(path, lambda f: f.write(json.dumps(content, indent=indent).encode()), what="annotation file")
 
 
 def _all_splits(coco: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
@@ -289,11 +297,10 @@ def _all_splits(coco: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
 def _write_split(out_dir: Path, split: str, data: dict[str, list], cat_ids: dict[str, int], info: dict) -> dict:
     """Write ``annotations/instances_<split>.json``; return the split's summary (counts per class, empty images)."""
     files = generic_split_files(out_dir, split)
-    files.ann_file.parent.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i, "name": n, "supercategory": "none"} for n, i in cat_ids.items()]
     content = {"info": info, "licenses": [], "images": data["images"], "annotations": data["annotations"],
                "categories": categories}
-    files.ann_file.write_text(json.dumps(content))
+    _write_json(files.ann_file, content)
     per_class = Counter(a["category_id"] for a in data["annotations"])
     with_boxes = {a["image_id"] for a in data["annotations"]}
     return {
