@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from learning import machine_description  # noqa: E402
+from machine import machine_description  # noqa: E402
 
 from torchdetr.cli.train import config_for_training  # noqa: E402
 from torchdetr.config import add_config_arguments  # noqa: E402

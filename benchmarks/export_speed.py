@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnxruntime
 import torch
+from machine import cpu_name
 
 from torchdetr.config import DETRConfig
 from torchdetr.inference import export
@@ -55,14 +56,6 @@ class Row:
     latency_s: dict[str, float]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_latencies(engines: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import machine_description  # noqa: E402
 
 from torchdetr.config import DETRConfig  # noqa: E402
 from torchdetr.data.build import build_dataset, get_coco_api  # noqa: E402
@@ -90,18 +90,6 @@ ROWS: dict[str, dict[str, Any]] = {
 BCCD = ROOT.parent / "shared" / "data" / "bccd"
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu} ({cores} cores), torch {torch.__version__}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.machine()}")
 
 
 class TrainingClock:

@@ -46,6 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_name  # noqa: E402
+
 from tests.test_predict import random_image, write_tiny_checkpoint  # noqa: E402
 from torchdetr.inference.detector import Detector  # noqa: E402
 
@@ -222,14 +224,6 @@ def baseline(model: str, image: bytes, requests: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table(results: list[Result], baseline_s: float, baseline_requests: int) -> str:

@@ -21,6 +21,7 @@ from torchdetr.inference.loading import load_model
 from torchdetr.structures import collate_fn
 from torchdetr.training import build_training_model
 
+from .test_atomic_write import DiskFullAfter
 from .tiny import TINY_MODEL
 
 TINY = TINY_MODEL | dict(num_queries=8, dataset_file='synthetic', num_train=16, num_val=8, image_size=64, batch_size=4,
@@ -304,28 +305,11 @@ def test_cli_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(t
 
     real_open, opened = pathlib.Path.open, []
 
-    class FullDisk:
-        def __init__(self, raw):
-            self.raw = raw
-
-        def write(self, data):
-            self.raw.write(bytes(data[:1000]))
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self.raw, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.raw.close()
-
     def open_(self, mode="r", *args, **kwargs):
         raw = real_open(self, mode, *args, **kwargs)
         if self.name.startswith(".checkpoint.pth.") and "w" in mode:
             opened.append(self.name)
-            return FullDisk(raw) if len(opened) == 2 else raw
+            return DiskFullAfter(raw, room=1000) if len(opened) == 2 else raw
         return raw
 
     monkeypatch.setattr(pathlib.Path, "open", open_)

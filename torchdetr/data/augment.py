@@ -40,20 +40,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision import tv_tensors
 from torchvision.ops import box_area
 from torchvision.transforms import v2
 
 from ..errors import ConfigError, MissingFileError
 from .transforms import (
     DROP_COUNTS,
-    PER_OBJECT_KEYS,
     DetectionTransforms,
     RandomResize,
     RandomSizeCrop,
     Sample,
     Target,
     _scaled,
+    keep_objects,
     validation_size,
 )
 
@@ -135,13 +134,7 @@ class ClipToImage(torch.nn.Module):
         if "area" in target:
             target["area"] = target["area"] * box_area(plain.float()) / before.clamp(min=torch.finfo(torch.float32).tiny)
         if not bool(keep.all()):
-            if DROP_COUNTS:
-                DROP_COUNTS[-1] += int((~keep).sum())
-            for key in PER_OBJECT_KEYS:
-                if key in target:
-                    value = target[key]
-                    kept = value.as_subclass(Tensor)[keep]
-                    target[key] = tv_tensors.wrap(kept, like=value) if isinstance(value, tv_tensors.TVTensor) else kept
+            target = keep_objects(target, keep)
         return image, target
 
 

@@ -150,6 +150,12 @@ def crop(image: Image, target: Target | None, region: tuple[int, int, int, int])
         keep = target["masks"].as_subclass(Tensor).flatten(1).any(1)
     else:
         return image, target
+    return image, keep_objects(target, keep)
+
+
+def keep_objects(target: Target, keep: Tensor) -> Target:
+    """``target`` (changed in place and returned) with only the objects where ``keep`` [N] (bool) is true, in
+    every per-object entry (``PER_OBJECT_KEYS``); the removed objects are counted in ``DROP_COUNTS``."""
     if DROP_COUNTS:
         DROP_COUNTS[-1] += int((~keep).sum())
     for key in PER_OBJECT_KEYS:
@@ -157,7 +163,7 @@ def crop(image: Image, target: Target | None, region: tuple[int, int, int, int])
             value = target[key]
             kept = value.as_subclass(Tensor)[keep]
             target[key] = tv_tensors.wrap(kept, like=value) if isinstance(value, tv_tensors.TVTensor) else kept
-    return image, target
+    return target
 
 
 # ----------------------------------------------------------------------------------------------
