@@ -128,117 +128,112 @@ def _train(
     artifacts: Artifacts | None = None,
 ) -> TrainResult:
     """The run itself, in the output folder ``directory`` holds (see :func:`train`)."""
-    output_dir = directory.path
-    data = load_run_data(cfg, datasets=datasets)
-    cfg = resolve_num_classes(cfg, data.coco_gt)
-    if data.train is None or len(data.train) == 0:
-        raise DataError("the training set is empty: nothing to train on")
+    run = _TrainingRun(cfg, directory, device, distributed, datasets)
+    try:
+        run.complete_log()
+        run.train_epochs(on_epoch_end)
+        run.finish(artifacts)
+    finally:
+        run.run_log.close()
+    du.cleanup()
+    return run.result
 
-    run = build_run_model(cfg, device, distributed)
-    loader_train, loader_val = make_loaders(data.train, data.val, cfg)
-    optimizer, lr_scheduler, per_iteration = build_optimizer(run.train_module, cfg, len(loader_train))
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    resumed = ResumedState(start_epoch=cfg.start_epoch)
-    if cfg.resume:
-        resumed = resume_training(cfg.resume, run.model, optimizer, lr_scheduler, cfg.start_epoch,
-                                  training_queries=run.training_queries, ema=run.ema, scaler=scaler,
-                                  checkpoint=directory.checkpoint)
-        directory.checkpoint = None  # the tensors now live in the model and optimiser
-    last_good = Path(cfg.resume) if cfg.resume and Path(cfg.resume).is_file() else None
 
-    def evaluate_epoch(print_tables: bool, module: nn.Module | None = None) -> EvalResult:
+class _TrainingRun:
+    """One training run between its epochs: data, model, optimiser, resumed state, log, best checkpoint, trackers."""
+
+    def __init__(self, cfg: DETRConfig, directory: RunDirectory, device: torch.device, distributed: bool,
+                 datasets: tuple[Dataset | None, Dataset] | None) -> None:
+        self.output_dir = directory.path
+        self.device = device
+        self.data = load_run_data(cfg, datasets=datasets)
+        self.cfg = cfg = resolve_num_classes(cfg, self.data.coco_gt)
+        if self.data.train is None or len(self.data.train) == 0:
+            raise DataError("the training set is empty: nothing to train on")
+
+        self.run_model = build_run_model(cfg, device, distributed)
+        self.loader_train, self.loader_val = make_loaders(self.data.train, self.data.val, cfg)
+        self.optimizer, self.lr_scheduler, self.per_iteration = build_optimizer(
+            self.run_model.train_module, cfg, len(self.loader_train))
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.resumed = ResumedState(start_epoch=cfg.start_epoch)
+        if cfg.resume:
+            self.resumed = resume_training(cfg.resume, self.run_model.model, self.optimizer, self.lr_scheduler,
+                                           cfg.start_epoch, training_queries=self.run_model.training_queries,
+                                           ema=self.run_model.ema, scaler=self.scaler, checkpoint=directory.checkpoint)
+            directory.checkpoint = None  # the tensors now live in the model and optimiser
+        self.last_good = Path(cfg.resume) if cfg.resume and Path(cfg.resume).is_file() else None
+
+        self.result = TrainResult(model=self.run_model.model, config=cfg, output_dir=self.output_dir, val_dataset=self.data.val)
+        self.tracker = BestTracker(cfg.best_metric, cfg.patience, cfg.min_delta)
+        self.best_path = best_checkpoint_path(self.output_dir) if self.output_dir is not None else None
+        if self.best_path is not None and du.is_main_process():
+            _drop_later_best(self.best_path, self.resumed.epoch, cfg.resume)
+        self.loggers = (make_loggers(tracker_names(cfg.logger), self.output_dir, cfg.to_dict(), self.resumed.loggers)
+                        if self.output_dir is not None and du.is_main_process() else None)
+        self.run_log = RunLog(self.output_dir, self.loggers)
+
+    def evaluate(self, print_tables: bool, module: nn.Module | None = None) -> EvalResult:
         """COCO evaluation of the current weights (or of ``module``), drawing nothing from the training's random
         generators; ``module``'s evaluation writes no files."""
-        with isolated_rng(), output_errors(output_dir):
-            return evaluate(run.eval_module if module is None else module, run.criterion, run.postprocessors,
-                            loader_val, data.coco_gt, device, cfg, output_dir=output_dir if module is None else None,
-                            category_names=data.category_names, print_tables=print_tables)
+        with isolated_rng(), output_errors(self.output_dir):
+            return evaluate(self.run_model.eval_module if module is None else module, self.run_model.criterion,
+                            self.run_model.postprocessors, self.loader_val, self.data.coco_gt, self.device, self.cfg,
+                            output_dir=self.output_dir if module is None else None,
+                            category_names=self.data.category_names, print_tables=print_tables)
 
-    result = TrainResult(model=run.model, config=cfg, output_dir=output_dir, val_dataset=data.val)
-    tracker = BestTracker(cfg.best_metric, cfg.patience, cfg.min_delta)
-    best_path = best_checkpoint_path(output_dir) if output_dir is not None else None
-    if best_path is not None and du.is_main_process():
-        _drop_later_best(best_path, resumed.epoch, cfg.resume)
-    loggers = (make_loggers(tracker_names(cfg.logger), output_dir, cfg.to_dict(), resumed.loggers)
-               if output_dir is not None and du.is_main_process() else None)
-    run_log = RunLog(output_dir, loggers)
-
-    def finish_epoch(epoch: int, train_stats: dict[str, float], evaluated: EvalResult | None,
+    def finish_epoch(self, epoch: int, train_stats: dict[str, float], evaluated: EvalResult | None,
                      epoch_time: float) -> dict[str, Any]:
         """The epoch's log row, after ``checkpoint_best.pth`` when the epoch is the best so far."""
         row = epoch_row(epoch, train_stats, evaluated.loss_stats if evaluated else None,
-                        evaluated.coco_stats if evaluated else None, run.n_parameters, epoch_time)
-        improved = _update_best(tracker, row)
-        if improved and best_path is not None and du.is_main_process():
-            save_atomic(_best_state(run, epoch, cfg, data.category_names, tracker), best_path)
-            log.info("epoch %d: best %s so far (%.4f): %s written", epoch, cfg.best_metric, tracker.best.value,
-                     best_path.name)
-        if improved and cfg.report and evaluated is not None:
-            result.best_eval = evaluated
-        row.update(tracker.row_entries())
-        run_log.write(row)
+                        evaluated.coco_stats if evaluated else None, self.run_model.n_parameters, epoch_time)
+        improved = _update_best(self.tracker, row)
+        if improved and self.best_path is not None and du.is_main_process():
+            save_atomic(_best_state(self.run_model, epoch, self.cfg, self.data.category_names, self.tracker), self.best_path)
+            log.info("epoch %d: best %s so far (%.4f): %s written", epoch, self.cfg.best_metric, self.tracker.best.value,
+                     self.best_path.name)
+        if improved and self.cfg.report and evaluated is not None:
+            self.result.best_eval = evaluated
+        row.update(self.tracker.row_entries())
+        self.run_log.write(row)
         return row
 
-    try:
-        evaluated = _complete_log(run_log, resumed, cfg, output_dir, evaluate_epoch, tracker, finish_epoch)
+    def complete_log(self) -> None:
+        """The log rows (and the best so far) of the epochs before the resumed one: see :func:`_complete_log`."""
+        evaluated = _complete_log(self.run_log, self.resumed, self.cfg, self.output_dir, self.evaluate, self.tracker,
+                                  self.finish_epoch)
         if evaluated is not None:
-            result.eval = evaluated
-        _restore_random_state(resumed, loader_train.generator)
+            self.result.eval = evaluated
 
+    def train_epochs(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+        """Train from the resumed epoch to ``cfg.epochs``, the time budget or early stopping; each epoch:
+        train, checkpoint, evaluate (every ``eval_every`` epochs and the last), log row."""
+        cfg, result, tracker = self.cfg, self.result, self.tracker
+        _restore_random_state(self.resumed, self.loader_train.generator)
         deadline = time.monotonic() + cfg.time_budget * SECONDS_PER_MINUTE if cfg.time_budget > 0 else None
-        if resumed.start_epoch >= cfg.epochs:
+        start_epoch = self.resumed.start_epoch
+        if start_epoch >= cfg.epochs:
             log.info("nothing to train: the run has finished its %d epochs", cfg.epochs)
         elif tracker.should_stop:
             log.info("nothing to train: the run has stopped early (%s)", tracker.stop_message())
             result.stopped_early = True
         else:
             log.info("training %d epochs from epoch %d: %d images, %d iterations per epoch (batch %d)", cfg.epochs,
-                     resumed.start_epoch, len(data.train), len(loader_train), cfg.batch_size)
+                     start_epoch, len(self.data.train), len(self.loader_train), cfg.batch_size)
         train_start = time.monotonic()
-        eta = EpochClock(resumed.start_epoch, cfg.epochs)
-        for epoch in range(resumed.start_epoch, cfg.epochs):
+        eta = EpochClock(start_epoch, cfg.epochs)
+        for epoch in range(start_epoch, cfg.epochs):
             if result.stopped_early:
                 break
-            set_epoch(loader_train, epoch)
             epoch_start = time.monotonic()
-            try:
-                train_stats, iterations = train_one_epoch(
-                    run.train_module, run.train_criterion, loader_train, optimizer, device, epoch, cfg,
-                    scaler=scaler, deadline=deadline, lr_scheduler=lr_scheduler if per_iteration else None,
-                    ema=run.ema)
-            except TrainingDiverged as err:
-                raise TrainingDiverged(_diverged_message(str(err), last_good)) from None
-            result.iterations += iterations
-            if not per_iteration:
-                lr_scheduler.step()
+            train_stats = self.train_epoch(epoch, deadline)
             out_of_time = deadline is not None and time.monotonic() >= deadline
             evaluate_now = (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch == cfg.epochs - 1 or out_of_time
-            train_time = time.monotonic() - epoch_start
-
-            # the checkpoint: never with non-finite values; with the random state the next epoch starts from
-            # and the log rows so far (+ this epoch's training part), so a kill at any later moment loses nothing
-            bad = non_finite_entries(_checked_state(run, optimizer))
-            if bad:
-                raise TrainingDiverged(_diverged_message(
-                    f"the weights became non-finite during epoch {epoch} ({', '.join(b.rstrip('/') for b in bad[:3])})",
-                    last_good))
-            rng = du.gather_objects(rng_state(loader_train.generator))
-            if output_dir is not None and du.is_main_process():
-                extras = run.checkpoint_extras()
-                if scaler is not None:
-                    extras["scaler"] = scaler.state_dict()
-                if loggers is not None and loggers.state():
-                    extras["loggers"] = loggers.state()
-                state = checkpoint_dict(
-                    run.model, optimizer, lr_scheduler, epoch, cfg, categories=data.category_names, rng=rng,
-                    run_log={"rows": run_log.rows, "pending": {"train_stats": train_stats, "evaluate": evaluate_now,
-                                                               "train_time": train_time}}, **extras)
-                write_checkpoints(state, output_dir, epoch, cfg.lr_drop)
-                last_good = output_dir / CHECKPOINT_NAME
+            self.save_checkpoint(epoch, train_stats, evaluate_now, time.monotonic() - epoch_start)
             evaluated = None
             if evaluate_now:
-                result.eval = evaluated = evaluate_epoch(print_tables=epoch == cfg.epochs - 1 or out_of_time)
-            row = finish_epoch(epoch, train_stats, evaluated, time.monotonic() - epoch_start)
+                result.eval = evaluated = self.evaluate(print_tables=epoch == cfg.epochs - 1 or out_of_time)
+            row = self.finish_epoch(epoch, train_stats, evaluated, time.monotonic() - epoch_start)
             result.history.append(row)
             _log_epoch(row, eta.estimate(epoch, time.monotonic() - epoch_start))
             if on_epoch_end is not None:
@@ -250,18 +245,56 @@ def _train(
                 log.info("%s", tracker.stop_message())
                 result.stopped_early = True
         result.train_seconds = time.monotonic() - train_start
-        result.best = tracker.best.to_dict() if tracker.best is not None else None
-        if cfg.report and output_dir is not None:
-            result.best_eval = _best_evaluation(result, tracker, best_path, run, evaluate_epoch)
+
+    def train_epoch(self, epoch: int, deadline: float | None) -> dict[str, float]:
+        """One epoch of training (stopping early at ``deadline``); its averaged training stats."""
+        set_epoch(self.loader_train, epoch)
+        try:
+            train_stats, iterations = train_one_epoch(
+                self.run_model.train_module, self.run_model.train_criterion, self.loader_train, self.optimizer, self.device,
+                epoch, self.cfg, scaler=self.scaler, deadline=deadline,
+                lr_scheduler=self.lr_scheduler if self.per_iteration else None, ema=self.run_model.ema)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(_diverged_message(str(err), self.last_good)) from None
+        self.result.iterations += iterations
+        if not self.per_iteration:
+            self.lr_scheduler.step()
+        return train_stats
+
+    def save_checkpoint(self, epoch: int, train_stats: dict[str, float], evaluate_now: bool, train_time: float) -> None:
+        """The epoch's checkpoint: never with non-finite values; with the random state the next epoch starts from
+        and the log rows so far (+ this epoch's training part), so a kill at any later moment loses nothing."""
+        bad = non_finite_entries(_checked_state(self.run_model, self.optimizer))
+        if bad:
+            raise TrainingDiverged(_diverged_message(
+                f"the weights became non-finite during epoch {epoch} ({', '.join(b.rstrip('/') for b in bad[:3])})",
+                self.last_good))
+        rng = du.gather_objects(rng_state(self.loader_train.generator))
+        if self.output_dir is None or not du.is_main_process():
+            return
+        extras = self.run_model.checkpoint_extras()
+        if self.scaler is not None:
+            extras["scaler"] = self.scaler.state_dict()
+        if self.loggers is not None and self.loggers.state():
+            extras["loggers"] = self.loggers.state()
+        pending = {"train_stats": train_stats, "evaluate": evaluate_now, "train_time": train_time}
+        state = checkpoint_dict(self.run_model.model, self.optimizer, self.lr_scheduler, epoch, self.cfg,
+                                categories=self.data.category_names, rng=rng,
+                                run_log={"rows": self.run_log.rows, "pending": pending}, **extras)
+        write_checkpoints(state, self.output_dir, epoch, self.cfg.lr_drop)
+        self.last_good = self.output_dir / CHECKPOINT_NAME
+
+    def finish(self, artifacts: Artifacts | None) -> None:
+        """The best model's record and evaluation (for the report), then the run's files to the trackers."""
+        result = self.result
+        result.best = self.tracker.best.to_dict() if self.tracker.best is not None else None
+        if self.cfg.report and self.output_dir is not None:
+            result.best_eval = _best_evaluation(result, self.tracker, self.best_path, self.run_model, self.evaluate)
         if artifacts is not None and du.is_main_process():
-            files = [best_path] if best_path is not None else []
+            files = [self.best_path] if self.best_path is not None else []
             files += list(artifacts(result))
-            if loggers is not None:
-                loggers.log_artifacts(files)
-    finally:
-        run_log.close()
-    du.cleanup()
-    return result
+            if self.loggers is not None:
+                self.loggers.log_artifacts(files)
 
 
 class EpochClock:
