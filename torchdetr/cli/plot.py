@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic_write import replace_atomic
 from ..errors import ConfigError, OutputError
 from ..output_paths import refuse_inputs
-
-FIGURE_DPI = 100
+from ..viz.figure_file import save_figure
 
 
 def add_parser(subparsers) -> None:
@@ -48,22 +46,12 @@ def _check_output(output: str, inputs: list[Path]) -> Path:
     return path
 
 
-def _save(fig, path: Path) -> Path:
-    """Write the figure atomically (a failure removes the partial file and names ``path``)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"), what="plot")
-    finally:
-        plt.close(fig)
-    return path
-
 
 def run_logs(args: argparse.Namespace) -> int:
     from ..viz.logs import find_log, plot_logs
 
     output = _check_output(args.output, [find_log(run, args.log_name) for run in args.runs])
-    path = _save(plot_logs(args.runs, args.fields, args.ewm_col, args.log_name), output)
+    path = save_figure(plot_logs(args.runs, args.fields, args.ewm_col, args.log_name), output, what="plot")
     print(f"wrote {path}")
     return 0
 
@@ -75,5 +63,5 @@ def run_pr(args: argparse.Namespace) -> int:
     fig, curves = plot_precision_recall(args.files, args.iou, args.names)
     for file, curve in zip(args.files, curves):
         print(f"{file}: AP{round(args.iou * 100)} {curve.mean_precision:.3f}, recall {curve.mean_recall:.3f}")
-    print(f"wrote {_save(fig, output)}")
+    print(f"wrote {save_figure(fig, output, what='plot')}")
     return 0

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..atomic_write import replace_atomic
 from ..config import DETRConfig, add_config_arguments, config_from_args, read_config_file
 
 log = logging.getLogger("torchdetr.train")
@@ -41,8 +40,9 @@ def finish_run(result) -> list[Path]:
     ``OUTPUT_DIR/report`` (with ``--report``, the default); returns the files for the experiment trackers."""
     from ..engine.run_dir import REPORT_DIR
     from ..evaluation.report import format_report_table
+    from ..viz.figure_file import save_figure
     from ..viz.logs import plot_logs
-    from ..viz.report import FIGURE_DPI, write_evaluation_report
+    from ..viz.report import REPORT_DPI, write_evaluation_report
 
     cfg = result.config
     if not cfg.report or result.output_dir is None or cfg.eval:
@@ -57,8 +57,7 @@ def finish_run(result) -> list[Path]:
         print(f"\nerror report of {model['model']}" + (f" (epoch {best['epoch']})" if best else "") + ":")
         print(format_report_table(report))
     fig = plot_logs([result.output_dir])
-    files.append(replace_atomic(folder / "training_curves.png", lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"),
-                                what="report picture"))
+    files.append(save_figure(fig, folder / "training_curves.png", dpi=REPORT_DPI, what="report picture"))
     print(f"report written to {folder}")
     return [folder] if files else []
 

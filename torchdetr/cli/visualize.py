@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic_write import replace_atomic
 from ..errors import ConfigError
 from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
-
-FIGURE_DPI = 100
+from ..viz.figure_file import save_figure
 
 
 def parse_point(text: str) -> tuple[float, float]:
@@ -58,16 +56,6 @@ def check_outputs(args: argparse.Namespace, output: Path) -> tuple[Path, Path]:
     refuse_earlier_work(paths, what=f"--output {output}", overwrite=args.overwrite)
     return paths
 
-
-def save_figure(figure, path: Path) -> Path:
-    """Write a matplotlib figure as PNG atomically (a failure removes the partial file and names ``path``)."""
-    import matplotlib.pyplot as plt
-
-    try:
-        replace_atomic(path, lambda tmp: figure.savefig(tmp, dpi=FIGURE_DPI, format="png"), what="picture")
-    finally:
-        plt.close(figure)
-    return path
 
 
 def run_attention(args: argparse.Namespace) -> int:

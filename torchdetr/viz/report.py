@@ -38,9 +38,10 @@ from ..evaluation.report import (
     format_report_table,
 )
 from .draw import draw_detections
+from .figure_file import save_figure
 from .precision_recall import plot_pr_curves, pr_curve
 
-FIGURE_DPI = 120
+REPORT_DPI = 120
 CELL_INCHES = 0.45  # confusion matrix: size of one cell
 MIN_MATRIX_INCHES = 5.0
 MAX_ANNOTATED_CLASSES = 30  # write the numbers into the cells up to this many classes
@@ -164,20 +165,19 @@ def write_report(
         text = (json.dumps(data, indent=1) + "\n").encode()
         written.append(write_atomic(out / name, lambda f: f.write(text), what="report"))
 
-    def save_figure(name: str, fig: Figure) -> None:
-        written.append(replace_atomic(out / name, lambda tmp: fig.savefig(tmp, dpi=FIGURE_DPI, format="png"),
-                                      what="report picture"))
+    def save_picture(name: str, fig: Figure) -> None:
+        written.append(save_figure(fig, out / name, dpi=REPORT_DPI, what="report picture"))
 
     save_json("confusion_matrix.json", report.confusion_json())
     save_json("report.json", {**(extra or {}), **report.summary_json()})
     table = (format_report_table(report) + "\n").encode()
     written.append(write_atomic(out / "report.txt", lambda f: f.write(table), what="report"))
-    save_figure("confusion_matrix.png", plot_confusion_matrix(report))
-    save_figure("confusion_matrix_normalized.png", plot_confusion_matrix(report, normalized=True))
-    save_figure("f1_curve.png", plot_f1_curves(report, names))
+    save_picture("confusion_matrix.png", plot_confusion_matrix(report))
+    save_picture("confusion_matrix_normalized.png", plot_confusion_matrix(report, normalized=True))
+    save_picture("f1_curve.png", plot_f1_curves(report, names))
     if report.pr_eval is not None:
         fig, _ = plot_pr_curves([pr_curve(report.pr_eval, report.iou)], ["model"], report.iou)
-        save_figure("pr_curve.png", fig)
+        save_picture("pr_curve.png", fig)
     for stale in sorted((out / WORST_DIR).glob("[0-9][0-9]_image*.png")):  # pictures of an earlier report
         stale.unlink()
     if load_image is not None and report.images:
