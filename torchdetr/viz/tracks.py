@@ -2,7 +2,8 @@
 
 Boxes and labels are ``draw.draw_detections``' (class colours, ``"name #id score"``); a trail is the
 polyline of the box centres of the track's last ``TRAIL_LENGTH`` frames, in the track's own colour,
-drawn with ``torchvision.utils.draw_keypoints`` under the boxes.
+drawn with Pillow's ``ImageDraw.line`` under the boxes (torchvision's ``draw_keypoints`` draws its
+connecting lines in white only).
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from PIL import Image
-from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-from torchvision.utils import draw_keypoints
+from PIL import Image, ImageDraw
 
 from .draw import DrawableDetection, class_color, draw_detections, line_width_for
 
@@ -70,18 +68,12 @@ def draw_tracks(
     trails: Trails | None = None,
 ) -> Image.Image:
     """A copy of ``image`` with each track's trail, then the boxes labelled ``"name #id score"`` (no ``#`` when untracked)."""
-    canvas = image.convert("RGB")
-    if trails is not None and len(trails):
-        pixels = pil_to_tensor(canvas)
-        width = line_width_for(canvas.size)
+    canvas = image.convert("RGB")  # always a new image
+    if trails is not None:
+        pen = ImageDraw.Draw(canvas)
         for track_id, points in trails:
-            if len(points) < 2:
-                continue
-            keypoints = torch.tensor([points], dtype=torch.float32)  # [1, K, 2]
-            connectivity = [(k, k + 1) for k in range(len(points) - 1)]
-            pixels = draw_keypoints(pixels, keypoints, connectivity=connectivity, colors=class_color(track_id),
-                                    radius=max(1, width // 2), width=width)
-        canvas = to_pil_image(pixels)
+            if len(points) >= 2:
+                pen.line(points, fill=class_color(track_id), width=line_width_for(canvas.size), joint="curve")
     labelled = [
         _Labelled(d.box, d.score, d.label, d.name if track_id is None else f"{d.name} #{track_id}")
         for d, track_id in zip(detections, track_ids)
