@@ -6,7 +6,6 @@ ids and trails are drawn."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,19 +16,19 @@ from torchvision.ops import box_iou
 pytest.importorskip("trackers", reason="the track extra is not installed")
 pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
-from trackers.eval import compute_clear_metrics  # noqa: E402
+from trackers.eval import compute_clear_metrics
 
-import torchdetr.cli.predict as predict_cli  # noqa: E402
-from torchdetr import Detector  # noqa: E402
-from torchdetr.cli import main  # noqa: E402
-from torchdetr.data.synthetic_video import SyntheticVideo, TrackedBox  # noqa: E402
-from torchdetr.inference.detection import Detection  # noqa: E402
-from torchdetr.inference.tracking import Tracker  # noqa: E402
-from torchdetr.inference.video import write_video  # noqa: E402
-from torchdetr.viz.draw import class_color  # noqa: E402
-from torchdetr.viz.tracks import Trails, draw_tracks  # noqa: E402
+import torchdetr.cli.predict as predict_cli
+from torchdetr import Detector
+from torchdetr.cli import main
+from torchdetr.data.synthetic_video import SyntheticVideo, TrackedBox
+from torchdetr.inference.detection import Detection
+from torchdetr.inference.tracking import Tracker
+from torchdetr.inference.video import write_video
+from torchdetr.viz.draw import class_color
+from torchdetr.viz.tracks import Trails, draw_tracks
 
-from .planted import BrightBlobModel  # noqa: E402
+from .planted import BrightBlobModel
 
 MATCH_IOU = 0.5
 

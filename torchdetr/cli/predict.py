@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING
 from ..atomic_write import replace_atomic, write_atomic
 from ..errors import ConfigError, DataError, MissingFileError, OutputError
 from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
-from .video_outputs import add_tiling_arguments, add_video_arguments, check_every, run_videos, split_video_inputs, tiling_from_args
+from .video_outputs import (
+    add_tiling_arguments,
+    add_video_arguments,
+    check_every,
+    run_videos,
+    split_video_inputs,
+    tiling_from_args,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,7 +69,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
     p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of "
                    "--model; class names and image size come from the file")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for predictions.json and images/ (and NAME.mp4 + NAME.jsonl per video)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for predictions.json and images/ (and NAME.mp4 + NAME.jsonl per video)")
     p.add_argument("--threshold", type=float, default=0.7,
                    help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")

@@ -14,7 +14,14 @@ from pathlib import Path
 from ..errors import ConfigError, InputFileError, MissingFileError
 from ..inference.video import find_video_files
 from .predict import _load_detector
-from .video_outputs import add_tiling_arguments, add_video_arguments, check_every, run_videos, split_video_inputs, tiling_from_args
+from .video_outputs import (
+    add_tiling_arguments,
+    add_video_arguments,
+    check_every,
+    run_videos,
+    split_video_inputs,
+    tiling_from_args,
+)
 
 
 def add_parser(subparsers) -> None:

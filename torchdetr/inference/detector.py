@@ -14,8 +14,8 @@ the original has the same property. Use ``batch_size=1`` where exact reproducibi
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import overload
 

@@ -184,7 +184,8 @@ class VideoReader:
             raise InputFileError(f"{self.source}: no camera could be opened at index {self.source.location}")
         self._capture = capture
         fps = capture.get(cv2.CAP_PROP_FPS)
-        self.rate = Fraction(fps).limit_denominator(FPS_DENOMINATOR_LIMIT) if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        stated = fps and math.isfinite(fps) and fps > 0
+        self.rate = Fraction(fps).limit_denominator(FPS_DENOMINATOR_LIMIT) if stated else DEFAULT_FPS
         self.num_frames = None
         self.size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
 

@@ -31,7 +31,7 @@ class _Labelled:
 
 
 class Trails:
-    """The recent box centres of each track (at most ``length`` per track), forgotten ``length`` frames after its last sighting."""
+    """The recent box centres of each track (at most ``length``), forgotten ``length`` frames after its last sighting."""
 
     def __init__(self, length: int = TRAIL_LENGTH) -> None:
         self.length = length
