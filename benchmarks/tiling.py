@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_description  # noqa: E402
 from torchdetr import Detector  # noqa: E402
 from torchdetr.data.synthetic_video import SyntheticLargeImages  # noqa: E402
 from torchdetr.evaluation.coco import run_coco_eval  # noqa: E402
@@ -122,8 +122,7 @@ def main() -> None:
         "",
         "`python benchmarks/tiling.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), {platform.system()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, {args.threads} threads, CPU.",
+        f"Machine: {machine_description()}; the cores shared with other jobs; {args.threads} torch threads, CPU.",
         "",
         f"Model: the quick-start recipe (`configs/quickstart.yaml`: resnet18 DC5, hidden 128, 3+3 layers, 20 queries, "
         f"DAB + two-stage + denoising, focal loss) trained from random weights on {TRAIN_IMAGE_SIZE}-px synthetic shapes "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -54,6 +53,12 @@ def write_clip(path: Path, num_frames: int, size: tuple[int, int]) -> Path:
     return path
 
 
+def describe() -> str:
+    from machine import machine_description  # benchmarks/machine.py (this script's folder is on sys.path)
+
+    return machine_description()
+
+
 def child(argv: list[str]) -> None:
     """Run one ``detr`` command in this process; print its peak RSS (MiB) and wall time as JSON."""
     from torchdetr.cli import main
@@ -64,10 +69,10 @@ def child(argv: list[str]) -> None:
     print(json.dumps({"code": code, "peak_mib": peak_kib / 1024, "seconds": time.perf_counter() - started}))
 
 
-def measure(command: str, clip: Path, checkpoint: Path, image_size: int, out: Path) -> dict:
+def measure(command: str, clip: Path, checkpoint: Path, image_size: int, out: Path, threads: int) -> dict:
     argv = [command, str(clip), "--model", str(checkpoint), "--output", str(out), "--device", "cpu",
             "--image_size", str(image_size), "--threshold", "0.5"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TQDM_DISABLE="1", OMP_NUM_THREADS=str(threads))
     done = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env, check=False)
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -87,6 +92,7 @@ def main() -> None:
     parser.add_argument("--commands", nargs="+", default=["predict", "track"], choices=["predict", "track"])
     parser.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"))
     parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each command (OMP_NUM_THREADS)")
     parser.add_argument("--output", default=str(RESULTS), help="markdown file for the table ('' = print only)")
     args = parser.parse_args()
 
@@ -97,7 +103,7 @@ def main() -> None:
         for frames in sorted(args.frames):
             clip = write_clip(tmp_path / f"clip{frames}.mp4", frames, tuple(args.size))
             for command in args.commands:
-                result = measure(command, clip, checkpoint, args.image_size, tmp_path / f"out_{command}_{frames}")
+                result = measure(command, clip, checkpoint, args.image_size, tmp_path / f"out_{command}_{frames}", args.threads)
                 rows.append(dict(command=command, frames=frames, **result))
                 print(f"{command:8s} {frames:6d} frames: peak {result['peak_mib']:.0f} MiB, {result['seconds']:.0f} s",
                       flush=True)
@@ -107,9 +113,11 @@ def main() -> None:
         "",
         "`python benchmarks/video_memory.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), {platform.system()}; "
-        f"Python {platform.python_version()}. Synthetic moving-shapes clips {args.size[0]}×{args.size[1]} at 25 frames/s, "
-        f"tiny random DETR at image size {args.image_size}, batch 4, CPU. Peak resident memory of a fresh "
+        f"Machine: {describe()}; the cores shared with other jobs.",
+        "",
+        f"Synthetic moving-shapes clips {args.size[0]}×{args.size[1]} at 25 frames/s, "
+        f"tiny random DETR at image size {args.image_size}, batch 4, CPU, {args.threads} torch thread(s). "
+        "Peak resident memory of a fresh "
         "process running the command (`ru_maxrss`), baseline = the shortest clip of the same command in this run.",
         "",
         "| command | frames | peak RSS (MiB) | × baseline | wall time (s) | frames/s |",
