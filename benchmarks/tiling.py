@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import machine_description  # noqa: E402
+
 from torchdetr import Detector  # noqa: E402
 from torchdetr.data.synthetic_video import SyntheticLargeImages  # noqa: E402
 from torchdetr.evaluation.coco import run_coco_eval  # noqa: E402
