@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
+    "track": "track",
     "visualize": "visualize",
     "plot": "plot",
     "export": "export",

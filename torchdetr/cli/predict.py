@@ -1,6 +1,7 @@
-"""``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures.
+"""``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures;
+in videos, streams and cameras → ``NAME.mp4`` + ``NAME.jsonl`` per video (``cli/video_outputs.py``).
 
-Directories are walked (recursively) for image files; files that cannot be read are reported and
+Directories are walked (recursively) for image and video files; files that cannot be read are reported and
 skipped. Image ids are 1, 2, … in the listed order, or taken from a COCO annotation file
 (``--annotations``) by file name, so that the JSON can be evaluated against that dataset.
 
@@ -12,6 +13,7 @@ image) is refused, and so is an earlier prediction in ``--output`` unless ``--ov
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -22,12 +24,21 @@ from typing import TYPE_CHECKING
 from ..atomic_write import replace_atomic, write_atomic
 from ..errors import ConfigError, DataError, MissingFileError, OutputError
 from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
+from .video_outputs import (
+    add_tiling_arguments,
+    add_video_arguments,
+    check_every,
+    run_videos,
+    split_video_inputs,
+    tiling_from_args,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from ..inference.detection import Detection
     from ..inference.detector import Detector
+    from ..inference.tiles import Tiling
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +58,19 @@ class ImageFile:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="detect objects in images: predictions.json + pictures with boxes",
+        "predict", help="detect objects in images and videos: predictions.json + pictures, NAME.mp4 + NAME.jsonl",
         description="Detect objects in images: predictions.json (COCO results format, with file_name) and one "
-                    "picture per image with boxes, class names and scores. Folders are searched recursively; "
+                    "picture per image with boxes, class names and scores. Videos, streams and cameras: NAME.mp4 "
+                    "with boxes drawn and NAME.jsonl with one line per frame. Folders are searched recursively; "
                     "unreadable files are reported and skipped.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and/or folders of images")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image files, video files, folders of them, stream URLs (rtsp://, http://…) or camera indices (0, 1…)")
     p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
     p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of "
                    "--model; class names and image size come from the file")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for predictions.json and images/")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for predictions.json and images/ (and NAME.mp4 + NAME.jsonl per video)")
     p.add_argument("--threshold", type=float, default=0.7,
                    help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
@@ -68,6 +82,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no_render", action="store_true", help="write predictions.json only, no pictures")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the predictions.json and pictures of an earlier prediction in --output")
+    add_tiling_arguments(p)
+    add_video_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -189,6 +205,13 @@ def save_picture(picture: Image.Image, target: Path) -> None:
     replace_atomic(target, lambda tmp: picture.save(tmp, format=fmt, **options), what="picture")
 
 
+def _detect(detector: Detector, images: list, tiling: Tiling | None) -> list[list[Detection]]:
+    """One batch of images → detections, tiled when ``--tile`` asks for it (else exactly ``Detector.detect``)."""
+    if tiling is None:
+        return detector.detect(images)
+    return [detector.detect_tiled(image, tiling) for image in images]
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
@@ -200,12 +223,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
     if not 0 <= args.threshold < 1:
         raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
-    files = find_images(args.inputs)
-    if not files:
-        raise MissingFileError(f"no images found in {', '.join(args.inputs)}")
+    tiling = tiling_from_args(args)
+    check_every(args)
+    sources, image_inputs = split_video_inputs(args.inputs)
+    files = find_images(image_inputs)
+    if not files and not sources:
+        raise MissingFileError(f"no images or videos found in {', '.join(args.inputs)}")
     image_ids = assign_image_ids(files, args.annotations)
-    output, pictures = check_outputs(args)
-    detector = _load_detector(args)
+    if files:
+        output, pictures = check_outputs(args)
+    load_detector = functools.cache(lambda: _load_detector(args))
+    if sources:
+        videos = run_videos(args, load_detector, sources)
+        if not files:
+            return 0 if videos.frames else 1
+    detector = load_detector()
     make_output_folder(pictures if not args.no_render else output, what=f"--output {output}")
 
     results: list[dict] = []
@@ -223,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
                 skipped.append(files[index].name)
                 progress.write(f"skipped: {err}")
         if images:
-            for index, image, detections in zip(chunk, images, detector.detect(images)):
+            for index, image, detections in zip(chunk, images, _detect(detector, images, tiling)):
                 num_images += 1
                 num_detections += len(detections)
                 if image_ids[index] is not None:

@@ -14,7 +14,8 @@ the original has the same property. Use ``batch_size=1`` where exact reproducibi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import overload
 
@@ -32,6 +33,9 @@ from ..structures import NestedTensor, nested_tensor_from_tensor_list
 from .attention import AttentionMaps, capture_attention
 from .detection import Detection
 from .loading import load_model
+from .tiles import DEFAULT_OVERLAP, Tiling, detect_tiled
+from .tracking import DEFAULT_LOST_SECONDS, Tracker, track_predictions
+from .video import DetectBatch, FramePrediction, VideoReader, VideoSource, predict_frames, video_source
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,16 @@ def _chosen_size(image_size: int | None, max_size: int | None, stored: tuple[int
     if image_size is None:
         return stored[0], max_size if max_size is not None else stored[1]
     return image_size, max_size
+
+
+@contextmanager
+def _opened(source: str | Path | VideoSource | VideoReader, every: int) -> Iterator[VideoReader]:
+    """An open ``VideoReader`` for ``source`` (closed afterwards), or ``source`` itself when it is one (left open)."""
+    if isinstance(source, VideoReader):
+        yield source
+        return
+    with VideoReader(source if isinstance(source, VideoSource) else video_source(source), every) as reader:
+        yield reader
 
 
 class Detector:
@@ -220,27 +234,94 @@ class Detector:
 
     # ------------------------------------------------------------------ prediction
     @overload
-    def predict(self, images: ImageInput, threshold: float | None = ..., batch_size: int | None = ...) -> list[Detection]: ...
+    def predict(self, images: ImageInput, threshold: float | None = ..., batch_size: int | None = ...,
+                *, tile: int | None = ..., overlap: float = ..., tile_full: bool = ...) -> list[Detection]: ...
 
     @overload
     def predict(
-        self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...
+        self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...,
+        *, tile: int | None = ..., overlap: float = ..., tile_full: bool = ...,
     ) -> list[list[Detection]]: ...
 
-    def predict(self, images, threshold=None, batch_size=None):
+    def predict(self, images, threshold=None, batch_size=None, *, tile=None, overlap=DEFAULT_OVERLAP, tile_full=False):
         """Detect objects in one image (→ list of Detection) or a list of images (→ one list per image).
 
         Detections are sorted by decreasing score; ``threshold`` (default: the detector's) keeps
         queries whose best real-class probability exceeds it (0 keeps all Q queries).
+
+        ``tile`` (px): detect in overlapping ``tile`` × ``tile`` windows (``overlap``: fraction shared
+        with each neighbour; ``tile_full``: the whole image too), ``batch_size`` windows per forward
+        pass, and merge them (``torchdetr.inference.tiles``): for small objects in large images.
         """
         single = not isinstance(images, (list, tuple))
         items: Sequence[ImageInput] = [images] if single else images
         batch_size = batch_size or self.batch_size
+        tiling = None if tile is None else Tiling(tile, overlap, tile_full)
         results: list[list[Detection]] = []
         for start in range(0, len(items), batch_size):
             chunk = [to_pil_image(im, f"image {start + i}") for i, im in enumerate(items[start:start + batch_size])]
-            results.extend(self.detect(chunk, threshold))
+            results.extend(self.detect(chunk, threshold) if tiling is None else
+                           [self.detect_tiled(image, tiling, threshold, batch_size) for image in chunk])
         return results[0] if single else results
+
+    def detect_tiled(self, image: Image.Image, tiling: Tiling, threshold: float | None = None,
+                     batch_size: int | None = None) -> list[Detection]:
+        """Detections of one RGB PIL image found window by window (``tiles.detect_tiled``), boxes in its pixels."""
+        return detect_tiled(image, lambda crops: self.detect(crops, threshold), tiling, batch_size or self.batch_size)
+
+    # ------------------------------------------------------------------ videos
+    def _frame_detector(self, threshold: float | None, batch_size: int, tiling: Tiling | None) -> DetectBatch:
+        if tiling is None:
+            return lambda frames: self.detect(frames, threshold)
+        return lambda frames: [self.detect_tiled(frame, tiling, threshold, batch_size) for frame in frames]
+
+    def predict_video(
+        self,
+        source: str | Path | VideoSource | VideoReader,
+        *,
+        every: int = 1,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        tile: int | None = None,
+        overlap: float = DEFAULT_OVERLAP,
+        tile_full: bool = False,
+    ) -> Iterator[FramePrediction]:
+        """Detections of every ``every``-th frame of a video file, stream URL or camera index, as a generator.
+
+        ``source`` may also be an open ``VideoReader`` (its own ``every`` applies; it is left open).
+
+        Frames are decoded and predicted ``batch_size`` at a time (``torchdetr.inference.video``);
+        each ``FramePrediction`` has the frame index, its time stamp (s), the RGB frame and its
+        detections. Tiling options as in ``predict``.
+        """
+        tiling = None if tile is None else Tiling(tile, overlap, tile_full)
+        batch_size = batch_size or self.batch_size
+        with _opened(source, every) as reader:
+            yield from predict_frames(reader, self._frame_detector(threshold, batch_size, tiling), batch_size)
+
+    def track(
+        self,
+        source: str | Path | VideoSource | VideoReader,
+        *,
+        every: int = 1,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        tile: int | None = None,
+        overlap: float = DEFAULT_OVERLAP,
+        tile_full: bool = False,
+        lost_seconds: float = DEFAULT_LOST_SECONDS,
+    ) -> Iterator[FramePrediction]:
+        """``predict_video`` with track ids (``FramePrediction.track_ids``) from ByteTrack (``inference.tracking``).
+
+        A track survives ``lost_seconds`` without a matching detection.
+        """
+        tiling = None if tile is None else Tiling(tile, overlap, tile_full)
+        batch_size = batch_size or self.batch_size
+        with _opened(source, every) as reader:
+            tracker = Tracker(float(reader.output_rate), self.threshold if threshold is None else threshold,
+                              lost_seconds=lost_seconds)
+            predictions = predict_frames(reader, self._frame_detector(threshold, batch_size, tiling), batch_size)
+            yield from track_predictions(predictions, tracker)
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Image.Image], threshold: float | None = None) -> list[list[Detection]]:
