@@ -270,6 +270,9 @@ class DETRConfig(ModelConfig):
         "differs from torchrun's WORLD_SIZE is refused", "run", ge=1,
         compat="informational, as in the original; config_from_args checks it against WORLD_SIZE")
     dist_url: str = _option("env://", "url used to set up distributed training", "run", pattern=DIST_URL_PATTERN)
+    dist_timeout: float = _option(
+        30.0, "minutes a process of a distributed run waits for the others in a collective operation before it stops "
+        "with an error (a process died or hangs)", "run", gt=0)
     amp: str = _option("none", "mixed precision: none, bf16 or fp16", "run", choices=("none", "bf16", "fp16"))
     channels_last: bool = _option(False, "channels-last memory format for the backbone (faster convolutions on CPU)",
                                   "run")

@@ -63,15 +63,21 @@ def finish_run(result) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import PeerLost
     from ..engine.loop import TrainingDiverged
     from ..engine.run import train
+    from ..engine.stop import STOPPED_EXIT_CODE
 
     cfg = config_for_training(args)
     try:
         result = train(cfg, artifacts=finish_run)
-    except TrainingDiverged as err:  # not a user error, but its message says all there is to say
+    except (TrainingDiverged, PeerLost) as err:  # not user errors, but their messages say all there is to say
         print(f"detr train: {err}", file=sys.stderr)
         return 1
+    if result.stopped_by is not None:
+        print(f"detr train: stopped by {result.stopped_by}; continue with the same command and --resume auto",
+              file=sys.stderr)
+        return STOPPED_EXIT_CODE
     if result.output_dir is not None and not cfg.eval and os.environ.get("RANK", "0") == "0":
         print(f"checkpoint and logs written to {result.output_dir}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -23,11 +24,19 @@ class DistInfo:
     local_rank: int = 0
 
 
-def init_distributed(device: str, dist_url: str = "env://") -> DistInfo:
+DEFAULT_TIMEOUT_MINUTES = 30.0
+
+
+class PeerLost(RuntimeError):
+    """A collective operation failed: another process of the run died, or did not answer within the timeout."""
+
+
+def init_distributed(device: str, dist_url: str = "env://", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK set).
 
     NCCL on CUDA, Gloo on CPU. Without those variables this is a single process and a no-op; a process
-    that already joined keeps its group.
+    that already joined keeps its group. ``timeout_minutes`` bounds every collective operation: a process
+    waiting longer for the others (one died, or hangs) fails instead of waiting forever.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
@@ -41,7 +50,8 @@ def init_distributed(device: str, dist_url: str = "env://") -> DistInfo:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
+    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
+                            timeout=timedelta(minutes=timeout_minutes))
     dist.barrier()
     log.info("distributed: rank %d/%d (local %d), backend %s", rank, world_size, local_rank, backend)
     return DistInfo(True, rank, world_size, local_rank)
@@ -63,15 +73,26 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over all processes (same keys on every process)."""
-    if not is_dist() or not values:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    tensor /= get_world_size()
-    return dict(zip(keys, tensor.tolist()))
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed collective operation (a peer closed its connection, a timeout, an NCCL
+    error) rather than a bug of this process."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(marker in text for marker in COLLECTIVE_FAILURE_MARKERS)
+
+
+# what Gloo and NCCL say when the other end of a collective is gone or silent
+COLLECTIVE_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                              "timed out", "NCCL", "gloo", "Broken pipe")
+
+
+def peer_lost(err: BaseException) -> PeerLost:
+    """The one-line error of a run whose collective ``err`` failed."""
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return PeerLost(f"rank {get_rank()}/{get_world_size()}: another process of the distributed run stopped or did "
+                    f"not answer within the timeout (--dist_timeout) ({first_line[:200]}); this process stops too. "
+                    "Run the same command with --resume auto to continue from the last checkpoint")
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -152,7 +152,7 @@ def evaluate_model(cfg: DETRConfig, *, dataset: Dataset | None = None, use_ema: 
     COCO tables and, with ``cfg.output_dir``, writes ``eval/latest.pth`` and ``detections_*.json``.
     ``dataset`` replaces building the validation split from ``cfg``.
     """
-    device, _ = start_process(cfg.device, cfg.seed, cfg.dist_url)
+    device, _ = start_process(cfg.device, cfg.seed, cfg.dist_url, cfg.dist_timeout)
     output_dir = prepare_output_dir(cfg.output_dir)
     data = load_run_data(cfg, with_train=False, datasets=None if dataset is None else (None, dataset))
     cfg = resolve_num_classes(cfg, data.coco_gt)

@@ -1,7 +1,10 @@
 """The DataLoaders of a run: shuffled training batches, sequential validation batches, seeded workers.
 
-Under ``torchrun`` each process reads its own shard (``DistributedSampler``); otherwise the training
-order comes from a generator seeded with ``cfg.seed``, so a run is reproducible.
+Under ``torchrun`` each process trains on its own shard (``DistributedSampler``); otherwise the training
+order comes from a generator seeded with ``cfg.seed``, so a run is reproducible. Validation batches are
+those of a single process, dealt out whole to the processes (:class:`ShardedBatches`): every image is
+evaluated once, in a batch of the same images (hence the same padding) as in a single process, so a
+distributed evaluation computes exactly the single-process numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from ..config import DETRConfig
 from ..errors import UserError
@@ -90,11 +93,50 @@ def make_loaders(dataset_train: Dataset | None, dataset_val: Dataset, cfg: DETRC
         else:
             sampler_train = RandomSampler(dataset_train, generator=generator)
         drop_last = len(dataset_train) >= cfg.batch_size
-        batch_sampler = BatchSampler(sampler_train, cfg.batch_size, drop_last=drop_last)
+        batch_sampler = SkippingBatchSampler(sampler_train, cfg.batch_size, drop_last=drop_last)
         loader_train = RunLoader(dataset_train, batch_sampler=batch_sampler, generator=generator, **common)
-    sampler_val = DistributedSampler(dataset_val, shuffle=False) if du.is_dist() else SequentialSampler(dataset_val)
-    loader_val = RunLoader(dataset_val, batch_size=cfg.batch_size, sampler=sampler_val, drop_last=False, **common)
+    batches_val = ShardedBatches(len(dataset_val), cfg.batch_size, du.get_rank(), du.get_world_size())
+    loader_val = RunLoader(dataset_val, batch_sampler=batches_val, **common)
     return loader_train, loader_val
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """The sequential batches ``[0..B-1], [B..2B-1], …`` of ``size`` images (the last one shorter), batch
+    ``k`` going to process ``k % world_size``: no image twice, none left out, no padding duplicates.
+
+    Processes may get one batch fewer than others, so evaluation must not run a collective per batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
+
+    def _starts(self) -> range:
+        return range(self.rank * self.batch_size, self.size, self.world_size * self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in self._starts():
+            yield list(range(start, min(start + self.batch_size, self.size)))
+
+    def __len__(self) -> int:
+        return len(self._starts())
+
+
+class SkippingBatchSampler(BatchSampler):
+    """``BatchSampler`` whose next pass can leave out its first ``skip`` batches (their indices drawn, no image
+    loaded): an epoch continued from a checkpoint written in its middle takes the batches it had left."""
+
+    skip: int = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
+def skip_batches(loader: DataLoader, count: int) -> None:
+    """Make the next pass over the training ``loader`` start at its batch ``count``."""
+    loader.batch_sampler.skip = count
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

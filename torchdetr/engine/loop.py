@@ -18,6 +18,7 @@ from ..training import ModelEMA, TrainingModel
 from . import distributed as du
 from .checkpoint import unwrap
 from .runtime import autocast_context, progress, to_device, to_float
+from .stop import StopRequest, StopRequested
 
 log = logging.getLogger("torchdetr.train")
 
@@ -52,9 +53,23 @@ class LossAverager:
         return row
 
     def means(self, device: torch.device) -> dict[str, float]:
-        """The mean of every entry over the iterations so far (and over all processes under ``torchrun``)."""
-        local = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        return du.all_reduce_mean(local, device)
+        """The mean of every entry over the iterations so far, of all processes under ``torchrun`` (their sums
+        and counts gathered: processes may have done different numbers of iterations, or none)."""
+        sums: dict[str, float] = defaultdict(float)
+        count = 0
+        for part_sums, part_count in du.gather_objects((dict(self.sums), self.count)):
+            for k, v in part_sums.items():
+                sums[k] += v
+            count += part_count
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums and count so far (a checkpoint written in the middle of an epoch carries them)."""
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = defaultdict(float, state["sums"])
+        self.count = int(state["count"])
 
 
 def train_one_epoch(
@@ -70,6 +85,9 @@ def train_one_epoch(
     on_step: Callable[[int], None] | None = None,
     lr_scheduler: Any | None = None,
     ema: ModelEMA | None = None,
+    stop: StopRequest | None = None,
+    start_iteration: int = 0,
+    averager: LossAverager | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``data_loader``; returns (averaged log values, iterations done).
 
@@ -77,13 +95,18 @@ def train_one_epoch(
     go to a ``TrainingCriterion``. ``lr_scheduler`` (when given) is stepped every iteration,
     ``ema`` updated after every optimizer step. Stops early (returning what was done) when
     ``time.monotonic()`` passes ``deadline``. Raises ``TrainingDiverged`` on a non-finite loss.
+
+    ``stop``: when any process's request is set (checked after every step, agreed through the loss's
+    all-reduce), raises :class:`~torchdetr.engine.stop.StopRequested` at that step boundary. An epoch
+    continued from a checkpoint written there passes the steps already done (``start_iteration``; the
+    loader skips them) and their loss sums (``averager``).
     """
     with_training_queries = isinstance(unwrap(model), TrainingModel)
     model.train()
     criterion.train()
-    averager = LossAverager(criterion.weight_dict)
+    averager = averager if averager is not None else LossAverager(criterion.weight_dict)
     total = len(data_loader) if hasattr(data_loader, "__len__") else None
-    bar = progress(data_loader, desc=f"epoch {epoch}", total=total)
+    bar = progress(data_loader, desc=f"epoch {epoch}", total=total, initial=start_iteration)
     iterations = 0
     start = time.monotonic()
     for samples, targets in bar:
@@ -96,7 +119,8 @@ def train_one_epoch(
             losses = criterion.weighted_total(loss_dict)
         except FloatingPointError as err:  # the matcher refuses non-finite predictions
             raise TrainingDiverged(f"{err} at epoch {epoch}, iteration {iterations}") from None
-        loss_value = _mean_over_processes(float(losses.detach()), device)
+        loss_value, stop_agreed = _mean_over_processes(float(losses.detach()), stop is not None and stop.requested,
+                                                       device)
         if not math.isfinite(loss_value):
             details = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
             raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch}, iteration {iterations} ({details})")
@@ -113,8 +137,12 @@ def train_one_epoch(
             on_step(iterations)
         if not bar.disable:
             bar.set_postfix(loss=f"{row['loss']:.3f}", class_err=f"{row.get('class_error', float('nan')):.1f}")
-        elif du.is_main_process() and cfg.print_freq > 0 and iterations % cfg.print_freq == 0:
-            _log_progress(epoch, iterations, total, row, time.monotonic() - start)
+        elif du.is_main_process() and cfg.print_freq > 0 and (start_iteration + iterations) % cfg.print_freq == 0:
+            _log_progress(epoch, iterations, start_iteration, total, row, time.monotonic() - start)
+        if stop_agreed:
+            bar.close()
+            raise StopRequested((stop.reason if stop is not None else None) or "a stop request of another process",
+                                start_iteration + iterations, averager)
         if deadline is not None and time.monotonic() >= deadline:
             break
     bar.close()
@@ -123,13 +151,14 @@ def train_one_epoch(
     return stats, iterations
 
 
-def _mean_over_processes(value: float, device: torch.device) -> float:
-    """``value`` averaged over the processes of a ``torchrun`` job (itself in a single process)."""
+def _mean_over_processes(value: float, stop: bool, device: torch.device) -> tuple[float, bool]:
+    """``(value averaged over the processes of a torchrun job, whether any process asked to stop)``; in a
+    single process ``(value, stop)``. One all-reduce carries both."""
     if not du.is_dist():
-        return value
-    flag = torch.tensor([value], device=device)
-    torch.distributed.all_reduce(flag)
-    return float(flag) / du.get_world_size()
+        return value, stop
+    summed = torch.tensor([value, float(stop)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(summed)
+    return float(summed[0]) / du.get_world_size(), bool(summed[1] > 0)
 
 
 def _optimizer_step(losses: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -150,9 +179,11 @@ def _optimizer_step(losses: Tensor, model: nn.Module, optimizer: torch.optim.Opt
     optimizer.step()
 
 
-def _log_progress(epoch: int, iterations: int, total: int | None, row: dict[str, float], seconds: float) -> None:
+def _log_progress(epoch: int, iterations: int, start_iteration: int, total: int | None, row: dict[str, float],
+                  seconds: float) -> None:
     """A plain progress line (when no progress bar is shown): loss, class error, speed and ETA."""
     rate = iterations / seconds
-    eta = f", eta {(total - iterations) / rate:.0f}s" if total else ""
-    log.info("epoch %d [%d/%s] loss %.4f class_error %.2f (%.2f it/s%s)", epoch, iterations,
+    done = start_iteration + iterations
+    eta = f", eta {(total - done) / rate:.0f}s" if total else ""
+    log.info("epoch %d [%d/%s] loss %.4f class_error %.2f (%.2f it/s%s)", epoch, done,
              total if total is not None else "?", row["loss"], row.get("class_error", float("nan")), rate, eta)

@@ -15,6 +15,12 @@ left out and draws the same random numbers as an uninterrupted run.
 (:mod:`~torchdetr.engine.best`); ``--patience N`` stops the run after N evaluations without improvement.
 Both follow from the log rows, so a resumed run keeps them. Each row also goes to the experiment
 trackers of ``--logger`` (:mod:`~torchdetr.engine.loggers`).
+
+SIGTERM or SIGUSR2 (:mod:`~torchdetr.engine.stop`: preemption, ``torchrun`` shutting down) stop the run
+after the step in progress: ``checkpoint.pth`` then holds that step (``partial_epoch``: the epoch, the
+steps done, their loss sums), and ``--resume auto`` continues the epoch from the next step, with the
+same batches and random numbers as an uninterrupted run. Under ``torchrun`` a collective that fails (a
+process died, or did not answer within ``--dist_timeout``) stops every process with ``PeerLost``.
 """
 
 from __future__ import annotations
@@ -49,15 +55,16 @@ from .checkpoint import (
 )
 from .datasets import load_run_data, resolve_num_classes
 from .evaluate import EvalResult, evaluate, evaluate_model
-from .loaders import make_loaders, set_epoch
+from .loaders import make_loaders, set_epoch, skip_batches
 from .loggers import make_loggers, require_trackers, tracker_names
-from .loop import TrainingDiverged, train_one_epoch
+from .loop import LossAverager, TrainingDiverged, train_one_epoch
 from .optim import build_optimizer
 from .run_dir import RunDirectory, claim_output_dir, output_errors
 from .run_log import COCO_STATS_KEYS, LOG_FILE, RunLog, epoch_row, logged_row
 from .run_model import RunModel, build_run_model
 from .runtime import isolated_rng, rng_state, set_rng_state, start_process
 from .start import ResumedState, resume_training
+from .stop import StopRequest, StopRequested, stop_on_signals
 
 log = logging.getLogger("torchdetr.train")
 
@@ -80,6 +87,7 @@ class TrainResult:
     best_eval: EvalResult | None = None  # the best model's evaluation (for the report; with cfg.report)
     stopped_early: bool = False
     val_dataset: Dataset | None = None
+    stopped_by: str | None = None  # the signal that stopped the run in an epoch (checkpoint.pth holds that step)
 
 
 Artifacts = Callable[[TrainResult], Sequence[Path]]
@@ -105,7 +113,26 @@ def train(
     """
     if cfg.output_dir and not cfg.eval:
         require_trackers(tracker_names(cfg.logger))
-    device, dist_info = start_process(cfg.device, cfg.seed, cfg.dist_url)
+    device, dist_info = start_process(cfg.device, cfg.seed, cfg.dist_url, cfg.dist_timeout)
+    try:
+        with stop_on_signals() as stop:
+            return _claim_and_train(cfg, device, dist_info.distributed, datasets, on_epoch_end, artifacts, stop)
+    except Exception as err:
+        if du.is_dist() and du.is_collective_failure(err):
+            raise du.peer_lost(err) from err
+        raise
+
+
+def _claim_and_train(
+    cfg: DETRConfig,
+    device: torch.device,
+    distributed: bool,
+    datasets: tuple[Dataset | None, Dataset] | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    artifacts: Artifacts | None,
+    stop: StopRequest,
+) -> TrainResult:
+    """:func:`train` once the process has started: hold the output folder, then evaluate or train."""
     with claim_output_dir(cfg) as directory:
         if cfg.eval and cfg.resume == RESUME_AUTO and not directory.resume:
             raise MissingFileError(f"--eval --resume auto: no usable checkpoint in {directory.path} to evaluate")
@@ -115,7 +142,7 @@ def train(
                 evaluation = evaluate_model(cfg, dataset=None if datasets is None else datasets[1])
             return TrainResult(model=evaluation.model, config=evaluation.config, eval=evaluation.result,
                                output_dir=evaluation.output_dir)
-        return _train(cfg, directory, device, dist_info.distributed, datasets, on_epoch_end, artifacts)
+        return _train(cfg, directory, device, distributed, datasets, on_epoch_end, artifacts, stop)
 
 
 def _train(
@@ -126,13 +153,15 @@ def _train(
     datasets: tuple[Dataset | None, Dataset] | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
     artifacts: Artifacts | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """The run itself, in the output folder ``directory`` holds (see :func:`train`)."""
-    run = _TrainingRun(cfg, directory, device, distributed, datasets)
+    run = _TrainingRun(cfg, directory, device, distributed, datasets, stop)
     try:
         run.complete_log()
         run.train_epochs(on_epoch_end)
-        run.finish(artifacts)
+        if run.result.stopped_by is None:  # a stopped run continues later: no report, no artifacts now
+            run.finish(artifacts)
     finally:
         run.run_log.close()
     du.cleanup()
@@ -143,8 +172,9 @@ class _TrainingRun:
     """One training run between its epochs: data, model, optimiser, resumed state, log, best checkpoint, trackers."""
 
     def __init__(self, cfg: DETRConfig, directory: RunDirectory, device: torch.device, distributed: bool,
-                 datasets: tuple[Dataset | None, Dataset] | None) -> None:
+                 datasets: tuple[Dataset | None, Dataset] | None, stop: StopRequest | None = None) -> None:
         self.output_dir = directory.path
+        self.stop = stop
         self.device = device
         self.data = load_run_data(cfg, datasets=datasets)
         self.cfg = cfg = resolve_num_classes(cfg, self.data.coco_gt)
@@ -226,10 +256,15 @@ class _TrainingRun:
             if result.stopped_early:
                 break
             epoch_start = time.monotonic()
-            train_stats = self.train_epoch(epoch, deadline)
+            # the first epoch of a run stopped in its middle continues from the step after the stop
+            partial, self.resumed.partial_epoch = self.resumed.partial_epoch, None
+            time_before = float(partial["train_time"]) if partial is not None else 0.0
+            train_stats = self.train_epoch(epoch, deadline, partial)
+            if train_stats is None:  # stopped on request: checkpoint.pth holds the step
+                break
             out_of_time = deadline is not None and time.monotonic() >= deadline
             evaluate_now = (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch == cfg.epochs - 1 or out_of_time
-            self.save_checkpoint(epoch, train_stats, evaluate_now, time.monotonic() - epoch_start)
+            self.save_checkpoint(epoch, train_stats, evaluate_now, time_before + time.monotonic() - epoch_start)
             evaluated = None
             if evaluate_now:
                 result.eval = evaluated = self.evaluate(print_tables=epoch == cfg.epochs - 1 or out_of_time)
@@ -246,16 +281,34 @@ class _TrainingRun:
                 result.stopped_early = True
         result.train_seconds = time.monotonic() - train_start
 
-    def train_epoch(self, epoch: int, deadline: float | None) -> dict[str, float]:
-        """One epoch of training (stopping early at ``deadline``); its averaged training stats."""
+    def train_epoch(self, epoch: int, deadline: float | None,
+                    partial: dict[str, Any] | None = None) -> dict[str, float] | None:
+        """One epoch of training (stopping early at ``deadline``); its averaged training stats. ``partial``: the
+        progress of this epoch a checkpoint written in its middle holds. None when a stop request ended it
+        (the step's checkpoint written)."""
         set_epoch(self.loader_train, epoch)
+        loader_state = self.loader_train.generator.get_state()  # what draws this epoch's order: saved at a stop
+        epoch_start = time.monotonic()
+        averager, start_iteration = None, 0
+        if partial is not None:
+            averager = LossAverager(self.run_model.train_criterion.weight_dict)
+            averager.load_state_dict(partial["losses"])
+            start_iteration = int(partial["iteration"])
+            skip_batches(self.loader_train, start_iteration)
         try:
             train_stats, iterations = train_one_epoch(
                 self.run_model.train_module, self.run_model.train_criterion, self.loader_train, self.optimizer, self.device,
                 epoch, self.cfg, scaler=self.scaler, deadline=deadline,
-                lr_scheduler=self.lr_scheduler if self.per_iteration else None, ema=self.run_model.ema)
+                lr_scheduler=self.lr_scheduler if self.per_iteration else None, ema=self.run_model.ema,
+                stop=self.stop, start_iteration=start_iteration, averager=averager)
         except TrainingDiverged as err:
             raise TrainingDiverged(_diverged_message(str(err), self.last_good)) from None
+        except StopRequested as stopped:
+            train_time = (float(partial["train_time"]) if partial else 0.0) + time.monotonic() - epoch_start
+            self.save_stopped(stopped, epoch, train_time, loader_state)
+            self.result.stopped_by = stopped.reason
+            self.result.iterations += stopped.iterations - start_iteration
+            return None
         self.result.iterations += iterations
         if not self.per_iteration:
             self.lr_scheduler.step()
@@ -272,17 +325,47 @@ class _TrainingRun:
         rng = du.gather_objects(rng_state(self.loader_train.generator))
         if self.output_dir is None or not du.is_main_process():
             return
+        pending = {"train_stats": train_stats, "evaluate": evaluate_now, "train_time": train_time}
+        state = self.training_state(epoch, rng=rng, run_log={"rows": self.run_log.rows, "pending": pending})
+        write_checkpoints(state, self.output_dir, epoch, self.cfg.lr_drop)
+        self.last_good = self.output_dir / CHECKPOINT_NAME
+
+    def training_state(self, epoch: int, **entries: Any) -> dict[str, Any]:
+        """A checkpoint of the run after ``epoch``: weights, optimiser, schedule, the training-only queries,
+        EMA and fp16 loss scale when used, the trackers' run ids, ``entries`` (rng, run_log, …)."""
         extras = self.run_model.checkpoint_extras()
         if self.scaler is not None:
             extras["scaler"] = self.scaler.state_dict()
         if self.loggers is not None and self.loggers.state():
             extras["loggers"] = self.loggers.state()
-        pending = {"train_stats": train_stats, "evaluate": evaluate_now, "train_time": train_time}
-        state = checkpoint_dict(self.run_model.model, self.optimizer, self.lr_scheduler, epoch, self.cfg,
-                                categories=self.data.category_names, rng=rng,
-                                run_log={"rows": self.run_log.rows, "pending": pending}, **extras)
-        write_checkpoints(state, self.output_dir, epoch, self.cfg.lr_drop)
-        self.last_good = self.output_dir / CHECKPOINT_NAME
+        return checkpoint_dict(self.run_model.model, self.optimizer, self.lr_scheduler, epoch, self.cfg,
+                               categories=self.data.category_names, **entries, **extras)
+
+    def save_stopped(self, stopped: StopRequested, epoch: int, train_time: float, loader_state: torch.Tensor) -> None:
+        """``checkpoint.pth`` of the step where every process stopped, in epoch ``epoch``.
+
+        Its ``epoch`` is the last finished one (``epoch - 1``, so tools that only know whole epochs stay
+        right); ``partial_epoch`` holds the steps done and their loss sums; the random states are each
+        process's now, except the loader's: the one this epoch's order was drawn with, so the resumed epoch
+        draws the same batches and skips those done. No checkpointNNNN copy: it is not an epoch's end.
+        """
+        where = f"epoch {epoch} after iteration {stopped.iterations}"
+        if non_finite_entries(_checked_state(self.run_model, self.optimizer)):
+            log.warning("stopped by %s at %s; the weights are non-finite: no checkpoint written", stopped.reason, where)
+            return
+        rngs = du.gather_objects(rng_state(None) | {"loader": loader_state})
+        if self.output_dir is None:
+            log.warning("stopped by %s at %s (no --output_dir: nothing saved)", stopped.reason, where)
+            return
+        if not du.is_main_process():
+            return
+        partial = {"epoch": epoch, "iteration": stopped.iterations, "losses": stopped.averager.state_dict(),
+                   "train_time": train_time}
+        state = self.training_state(epoch - 1, rng=rngs, run_log={"rows": self.run_log.rows, "pending": None},
+                                    partial_epoch=partial)
+        save_atomic(state, self.output_dir / CHECKPOINT_NAME)
+        log.warning("stopped by %s at %s: %s written; the same command with --resume auto continues from there",
+                    stopped.reason, where, self.output_dir / CHECKPOINT_NAME)
 
     def finish(self, artifacts: Artifacts | None) -> None:
         """The best model's record and evaluation (for the report), then the run's files to the trackers."""
@@ -389,6 +472,11 @@ def _complete_log(
     if finished is None and pending is not None and output_dir is not None and du.is_main_process():
         source = Path(cfg.resume)  # a run continued in another folder: its own log may have the row
         finished = logged_row(source.parent / LOG_FILE, resumed.epoch) if source.is_file() else None
+        if finished is not None:
+            run_log.write(finished)
+    if finished is None and pending is None and output_dir is not None and du.is_main_process():
+        # a checkpoint written in the middle of the next epoch (a stop) carries the row of its epoch
+        finished = next((row for row in saved.get("rows") or [] if row["epoch"] == resumed.epoch), None)
         if finished is not None:
             run_log.write(finished)
     if du.is_main_process():

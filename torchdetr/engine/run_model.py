@@ -27,6 +27,7 @@ class RunModel:
     criterion: SetCriterion
     postprocessors: dict[str, nn.Module]
     train_module: nn.Module  # what the optimizer trains: ``model`` or model + training-only queries; DDP under torchrun
+    # (evaluation runs ``model`` itself on every process: no DDP collectives, so shards may differ in length)
     train_criterion: nn.Module  # the loss of ``train_module``'s outputs
     training_queries: nn.Module | None  # the training-only queries (saved in checkpoints to resume), or None
     ema: ModelEMA | None
@@ -35,9 +36,7 @@ class RunModel:
     @property
     def eval_module(self) -> nn.Module:
         """What evaluation runs: the EMA weights when kept, else the trained model."""
-        if self.ema is not None:
-            return self.ema.module
-        return self.train_module if self.training_queries is None else self.model
+        return self.ema.module if self.ema is not None else self.model
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """Checkpoint entries besides the model's weights: ``training_queries`` and ``ema`` when used."""
@@ -68,10 +67,23 @@ def build_run_model(cfg: DETRConfig, device: torch.device, distributed: bool) ->
         log.info("training-only queries: %d query group(s), %d denoising group(s) (inference uses the plain model)",
                  cfg.num_groups, cfg.dn_groups)
     if distributed:
-        train_module = nn.parallel.DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None)
+        train_module = wrap_ddp(train_module, device)
     return RunModel(
         model=model, criterion=criterion, postprocessors=postprocessors, train_module=train_module,
         train_criterion=train_criterion, training_queries=training[0].queries if training is not None else None,
         ema=ModelEMA(model, decay=cfg.ema_decay) if cfg.ema else None, n_parameters=n_parameters,
     )
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+    """``module`` in DistributedDataParallel with a static graph.
+
+    Every step of a run uses the same parameters (each loss keeps its branch in the graph even when a batch
+    has no object, e.g. ``losses/dense.py``), but a configuration may leave some parameters out of every
+    step: with ``--two_stage`` the learned anchors ``query_embed`` are replaced by the dense head's
+    proposals (kept in the model so its checkpoints keep their keys). ``static_graph=True`` lets DDP learn
+    that set in the first step, instead of ``find_unused_parameters=True``, which walks the autograd graph
+    after every forward pass. Parameters left out keep ``grad=None``, exactly as in a single process.
+    """
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)

@@ -109,13 +109,15 @@ def isolated_rng() -> Iterator[None]:
         set_rng_state(saved)
 
 
-def start_process(device: str | torch.device | None, seed: int, dist_url: str = "env://") -> tuple[torch.device, du.DistInfo]:
-    """Set up this process: its device, the process group under ``torchrun``, seeds (``seed + rank``).
+def start_process(device: str | torch.device | None, seed: int, dist_url: str = "env://",
+                  dist_timeout: float = du.DEFAULT_TIMEOUT_MINUTES) -> tuple[torch.device, du.DistInfo]:
+    """Set up this process: its device, the process group under ``torchrun`` (collectives time out after
+    ``dist_timeout`` minutes), seeds (``seed + rank``).
 
     Returns ``(device, DistInfo)``; under ``torchrun`` on CUDA the device is this process's local GPU.
     """
     resolved = resolve_device(device)
-    info = du.init_distributed(str(resolved), dist_url)
+    info = du.init_distributed(str(resolved), dist_url, dist_timeout)
     if info.distributed and resolved.type == "cuda":
         resolved = torch.device("cuda", info.local_rank)
     seed_everything(seed + info.rank)
@@ -156,7 +158,7 @@ def to_device(
     return samples, targets
 
 
-def progress(iterable: Iterable, desc: str, total: int | None = None) -> tqdm:
+def progress(iterable: Iterable, desc: str, total: int | None = None, initial: int = 0) -> tqdm:
     """A progress bar on an interactive terminal of the main process; disabled (``.disable``) anywhere else."""
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty() or not du.is_main_process(),
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False, initial=initial)

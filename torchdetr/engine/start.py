@@ -75,6 +75,8 @@ class ResumedState:
     rng: list[dict[str, Any]] | None = None
     run_log: dict[str, Any] | None = None
     loggers: dict[str, Any] | None = None  # the experiment trackers' run ids (engine.loggers)
+    # a checkpoint written in the middle of an epoch (a stop request): {"epoch", "iteration", "losses", "train_time"}
+    partial_epoch: dict[str, Any] | None = None
 
 
 def resume_training(
@@ -113,8 +115,12 @@ def resume_training(
             scaler.load_state_dict(checkpoint["scaler"])
         state = ResumedState(start_epoch=int(checkpoint["epoch"]) + 1, epoch=int(checkpoint["epoch"]),
                              rng=checkpoint.get("rng"), run_log=checkpoint.get("run_log"),
-                             loggers=checkpoint.get("loggers"))
-        log.info("resumed from %s at epoch %d", source, state.start_epoch)
+                             loggers=checkpoint.get("loggers"), partial_epoch=checkpoint.get("partial_epoch"))
+        if state.partial_epoch is not None:
+            log.info("resumed from %s at epoch %d, iteration %d", source, state.start_epoch,
+                     state.partial_epoch["iteration"])
+        else:
+            log.info("resumed from %s at epoch %d", source, state.start_epoch)
     if ema is not None and "ema" in checkpoint:
         ema.load_from_checkpoint(checkpoint["ema"])
     return state

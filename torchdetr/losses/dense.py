@@ -76,7 +76,9 @@ def dense_loss(
     valid = dense.valid
     loss_cls = sigmoid_focal_loss(dense.logits[valid], onehot[valid], alpha=focal_alpha, reduction="sum") / num_pos
     if len(matched) == 0:
-        return class_weight * loss_cls
+        # no positive cell: the box losses are 0, kept in the graph (as an exact zero) so that the box branch
+        # takes part in every step, as distributed training (DDP) requires of each process
+        return class_weight * loss_cls + dense.boxes.sum() * 0.0
     predicted = dense.boxes[positive]
     loss_l1 = (predicted - matched).abs().sum() / num_pos
     loss_giou = generalized_box_iou_loss(box_convert(predicted, "cxcywh", "xyxy"), box_convert(matched, "cxcywh", "xyxy"),

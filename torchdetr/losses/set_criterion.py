@@ -53,11 +53,11 @@ def _tgt_permutation_idx(indices: Indices) -> tuple[Tensor, Tensor]:
     return batch_idx, tgt_idx
 
 
-def world_average_num_boxes(targets: Targets, device: torch.device) -> float:
-    """Number of target boxes averaged over distributed processes, at least 1."""
+def world_average_num_boxes(targets: Targets, device: torch.device, synchronize: bool = True) -> float:
+    """Number of target boxes averaged over distributed processes (``synchronize``; else this batch's), at least 1."""
     num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device)
     world_size = 1
-    if dist.is_available() and dist.is_initialized():
+    if synchronize and dist.is_available() and dist.is_initialized():
         dist.all_reduce(num_boxes)
         world_size = dist.get_world_size()
     return torch.clamp(num_boxes / world_size, min=1).item()
@@ -172,7 +172,10 @@ class SetCriterion(nn.Module):
         """All losses (unweighted) of the final layer and of every auxiliary layer."""
         outputs_without_aux = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         indices = self.matcher(outputs_without_aux, targets)
-        num_boxes = world_average_num_boxes(targets, next(iter(outputs_without_aux.values())).device)
+        # averaged over the processes while training (each process's share of the gradient); an evaluation
+        # normalises by its own batch, so its losses are a single process's whatever the number of processes
+        num_boxes = world_average_num_boxes(targets, next(iter(outputs_without_aux.values())).device,
+                                            synchronize=self.training)
 
         losses: dict[str, Tensor] = {}
         for loss in self.losses:
