@@ -24,6 +24,7 @@ from ..errors import UserError
 # command name → module under torchdetr.cli (every module must exist: a missing one is an error)
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "submit": "submit",
     "eval": "evaluate",
     "predict": "predict",
     "track": "track",

@@ -63,12 +63,16 @@ def finish_run(result) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_training(config_for_training(args))
+
+
+def run_training(cfg: DETRConfig) -> int:
+    """What ``detr train`` does with its config (also each task of ``detr submit``); returns the exit code."""
     from ..engine.distributed import PeerLost
     from ..engine.loop import TrainingDiverged
     from ..engine.run import train
     from ..engine.stop import STOPPED_EXIT_CODE
 
-    cfg = config_for_training(args)
     try:
         result = train(cfg, artifacts=finish_run)
     except (TrainingDiverged, PeerLost) as err:  # not user errors, but their messages say all there is to say
