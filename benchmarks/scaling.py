@@ -105,7 +105,7 @@ def main() -> None:
         worker(args.worker, args.steps, flags)
         return
     import torch
-    from learning import machine_description
+    from machine import machine_description
 
     flags = flags or DEFAULT_FLAGS
     gpus = torch.cuda.device_count()
