@@ -270,7 +270,9 @@ class _TrainingRun:
                 result.eval = evaluated = self.evaluate(print_tables=epoch == cfg.epochs - 1 or out_of_time)
             row = self.finish_epoch(epoch, train_stats, evaluated, time.monotonic() - epoch_start)
             result.history.append(row)
-            _log_epoch(row, eta.estimate(epoch, time.monotonic() - epoch_start))
+            seconds_left = eta.estimate(epoch, time.monotonic() - epoch_start)
+            if du.is_main_process():  # the only process holding the evaluation's stats
+                _log_epoch(row, seconds_left)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             if out_of_time:
