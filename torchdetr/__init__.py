@@ -19,12 +19,13 @@ _EXPORTS = {
     "load_checkpoint": "torchdetr.engine.checkpoint",
     "load_model": "torchdetr.inference.loading",
     "Detector": "torchdetr.inference.detector",
+    "optimize": "torchdetr.inference.optimize",
     "train": "torchdetr.engine.run",
 }
 
 __all__ = [
     "DETRConfig", "Detector", "NestedTensor", "build_model", "load_checkpoint", "load_model",
-    "nested_tensor_from_tensor_list", "train",
+    "nested_tensor_from_tensor_list", "optimize", "train",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.run import train
     from .inference.detector import Detector
     from .inference.loading import load_model
+    from .inference.optimize import optimize
     from .losses.build import build_model
     from .structures import NestedTensor, nested_tensor_from_tensor_list
 

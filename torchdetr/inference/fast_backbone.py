@@ -60,27 +60,26 @@ class DerivedTensors:
         return cached[1]
 
 
-def norm_scale_shift(norm: nn.Module) -> tuple[Tensor, Tensor]:
-    """Per-channel ``(scale, shift)`` [C] of an eval-mode batch norm: ``norm(x) = x · scale + shift``."""
-    if isinstance(norm, FrozenBatchNorm2d):
-        weight, bias, eps = norm.weight, norm.bias, norm.eps
-    else:
-        ones = torch.ones_like(norm.running_var)
-        weight = norm.weight if norm.weight is not None else ones
-        bias = norm.bias if norm.bias is not None else torch.zeros_like(ones)
-        eps = norm.eps
-    scale = weight * (norm.running_var + eps).rsqrt()
-    return scale, bias - norm.running_mean * scale
+def norm_scale_shift(norm: nn.Module, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` [C] of an eval-mode batch norm, ``norm(x) = x · scale + shift``, in ``dtype``."""
+    mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
+    weight = torch.ones_like(var) if norm.weight is None else norm.weight.to(dtype)
+    bias = torch.zeros_like(var) if norm.bias is None else norm.bias.to(dtype)
+    scale = weight * (var + norm.eps).rsqrt()
+    return scale, bias - mean * scale
 
 
 def fold_norm(conv: nn.Conv2d, norm: nn.Module | None) -> tuple[Tensor, Tensor | None]:
-    """Weight [O, I, kh, kw] and bias [O] of ``norm(conv(x))`` as one convolution (``conv`` alone without ``norm``)."""
+    """Weight [O, I, kh, kw] and bias [O] of ``norm(conv(x))`` as one convolution (``conv`` alone without ``norm``).
+
+    Computed in float64 and rounded once to the weights' dtype (the nearest floats to the exact product).
+    """
     if norm is None:
         return conv.weight, conv.bias
     scale, shift = norm_scale_shift(norm)
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return weight, bias
+    weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
 
 
 def can_fold(norm: nn.Module) -> bool:

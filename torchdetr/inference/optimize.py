@@ -159,7 +159,8 @@ class OptimizedModel(nn.Module):
         fast = shared_copy(model).eval()
         self.replaced = _replace_modules(fast, precision)
         self.fast = fast
-        self._run = torch.compile(fast, dynamic=None, options={"freezing": True}) if compile else fast
+        # not a submodule either: the same modules as ``fast`` (compiled or not)
+        self.__dict__["_run"] = torch.compile(fast, dynamic=None, options={"freezing": True}) if compile else fast
 
     # -- what callers read from a DETR model ------------------------------------------------------
     @property
