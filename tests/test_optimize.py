@@ -162,3 +162,64 @@ def test_public_entry_point_and_user_errors():
         optimize(model, "fp16")
     with pytest.raises(ConfigError, match="compile"):
         optimize(model, "faithful", compile=True)
+
+
+# ---------------------------------------------------------------- the fast paths in Detector, predict and eval
+def test_detector_and_predict_with_precision_agree_with_faithful(tmp_path):
+    import json
+
+    from torchdetr import Detector
+    from torchdetr.cli import main
+    from torchdetr.data.synthetic import write_coco_folder
+
+    from .test_predict import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pth")
+    data = write_coco_folder(tmp_path / "data", num_train=1, num_val=2, seed=0)
+    images = sorted(str(p) for p in (data / "images").glob("val_*.png"))
+    faithful = Detector.from_pretrained(checkpoint, "cpu", threshold=0, image_size=128).predict(images)
+    fast = Detector.from_pretrained(checkpoint, "cpu", threshold=0, image_size=128, precision="fp32")
+    assert isinstance(fast.model, OptimizedModel) and fast.precision == "fp32"
+    for ours, theirs in zip(fast.predict(images), faithful):
+        by_query = {d.query: d for d in theirs}
+        for detection in ours:
+            assert detection.label == by_query[detection.query].label
+            assert detection.score == pytest.approx(by_query[detection.query].score, abs=FP32_TOLERANCE)
+            assert detection.box == pytest.approx(by_query[detection.query].box, abs=1e-2)  # pixels
+    maps = fast.attention(images[0])  # from the faithful model: the fused attention has no weights
+    assert torch.allclose(maps.decoder.flatten(1)[:, maps.valid.flatten()].sum(1), torch.ones(1), atol=1e-4)
+
+    runs = {}
+    for precision in ("faithful", "fp32", "bf16"):
+        out = tmp_path / precision
+        assert main(["predict", *images, "--model", str(checkpoint), "--output", str(out), "--threshold", "0",
+                     "--no_render", "--device", "cpu", "--image_size", "128", "--precision", precision]) == 0
+        runs[precision] = sorted(json.loads((out / "predictions.json").read_text()),
+                                 key=lambda r: (r["image_id"], r["bbox"]))
+    for precision, tolerance in (("fp32", 2e-4), ("bf16", 0.05)):
+        assert len(runs[precision]) == len(runs["faithful"])
+        scores = sorted(r["score"] for r in runs[precision])
+        assert scores == pytest.approx(sorted(r["score"] for r in runs["faithful"]), abs=tolerance)
+    with pytest.raises(ConfigError, match="exported"):
+        Detector(lambda samples: {}, precision="fp32")
+
+
+def test_eval_with_precision_gives_the_faithful_losses(tmp_path, capsys):
+    from torchdetr.cli import build_parser, main
+    from torchdetr.cli.evaluate import config_for_model_evaluation
+    from torchdetr.engine.evaluate import evaluate_model
+
+    from .test_predict import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pth", num_classes=6)
+    flags = ["eval", "--model", str(checkpoint), "--dataset_file", "synthetic", "--num_val", "3", "--image_size", "64",
+             "--num_workers", "0", "--device", "cpu"]
+    cfg = config_for_model_evaluation(build_parser("eval").parse_args(flags))
+    faithful = evaluate_model(cfg).result
+    fast = evaluate_model(cfg, run_as=lambda model: optimize(model, "fp32")).result
+    assert faithful.loss_stats.keys() == fast.loss_stats.keys()
+    for name, value in faithful.loss_stats.items():
+        assert fast.loss_stats[name] == pytest.approx(value, abs=1e-4), name
+    capsys.readouterr()
+    assert main([*flags, "--precision", "bf16"]) == 0 and "AP50" in capsys.readouterr().out
+    assert main(["eval", "--ann", "a.json", "--results", "b.json", "--precision", "fp32"]) == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import DETRConfig, add_config_arguments, config_from_args
 from ..errors import ConfigError, OutputError
 from ..evaluation.report import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_WORST_IMAGES
+from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +28,8 @@ def add_parser(subparsers) -> None:
                    help="mode 1: COCO evaluation implementation (same numbers; faster_coco_eval is faster)")
     p.add_argument("--model", help="official model name, checkpoint path/URL, or a training run's folder (its "
                    "checkpoint_best.pth, else checkpoint.pth) (mode 2)")
+    p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS,
+                   help=f"mode 2: how the model runs (losses and AP computed from its outputs). {PRECISION_HELP}")
     r = p.add_argument_group("error report (both modes)")
     r.add_argument("--report", metavar="DIR", dest="report_dir",
                    help="write the error report into DIR: confusion matrix, per-class precision/recall/F1, F1-optimal "
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report_dir:
         check_report_dir(Path(args.report_dir), args.overwrite)
     if args.ann or args.results:
+        if args.precision != FAITHFUL:
+            raise ConfigError("--precision applies to evaluating a model (--model), not a detections file")
         if not (args.ann and args.results):
             raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
         return _evaluate_file(args)
@@ -98,9 +103,11 @@ def _file_report(args: argparse.Namespace, evaluated) -> None:
 
 def _evaluate_model(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_model
+    from ..inference.optimize import optimize
 
     cfg = config_for_model_evaluation(args)
-    evaluation = evaluate_model(cfg)
+    precision = args.precision
+    evaluation = evaluate_model(cfg, run_as=lambda model: optimize(model, precision))
     if args.report_dir:
         from ..evaluation.report import format_report_table
         from ..viz.report import write_evaluation_report

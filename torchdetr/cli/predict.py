@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..atomic_write import replace_atomic, write_atomic
 from ..errors import ConfigError, DataError, MissingFileError, OutputError
+from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
 from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
 from .video_outputs import (
     add_tiling_arguments,
@@ -75,6 +76,7 @@ def add_parser(subparsers) -> None:
                    help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS, help=f"--model only. {PRECISION_HELP}")
     p.add_argument("--annotations", metavar="COCO_JSON",
                    help="COCO annotation file whose image ids (matched by file name) the JSON should use")
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
@@ -177,8 +179,10 @@ def _load_detector(args: argparse.Namespace) -> Detector:
     options = dict(threshold=args.threshold, image_size=args.image_size, max_size=args.max_size,
                    batch_size=args.batch_size)
     if args.onnx:
+        if args.precision != FAITHFUL:
+            raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
         return Detector.from_onnx(args.onnx, device=args.device, **options)
-    return Detector.from_pretrained(args.model, device=args.device, **options)
+    return Detector.from_pretrained(args.model, device=args.device, precision=args.precision, **options)
 
 
 def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -12,6 +12,7 @@ import logging
 import socket
 
 from ..errors import ConfigError, MissingExtraError, UserError
+from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def add_parser(subparsers) -> None:
                    "0.0.0.0 = every network interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS,
+                   help=f"--model only; attention maps always come from the faithful model. {PRECISION_HELP}")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"default score threshold of /v1/detect and the page's slider (default {DEFAULT_THRESHOLD})")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -84,8 +87,11 @@ def _detector(args: argparse.Namespace):
         raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
     try:
         if args.onnx:
+            if args.precision != FAITHFUL:
+                raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
             return Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, batch_size=1)
-        return Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold, batch_size=1)
+        return Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold, batch_size=1,
+                                        precision=args.precision)
     except ConnectionError as err:
         raise UserError(str(err)) from None
 

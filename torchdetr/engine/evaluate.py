@@ -9,7 +9,7 @@ tables and writes the results.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,13 +144,20 @@ def print_evaluation(result: EvalResult) -> None:
         print(format_per_class_table(result.per_class[iou_type]))
 
 
-def evaluate_model(cfg: DETRConfig, *, dataset: Dataset | None = None, use_ema: bool = True) -> ModelEvaluation:
+def evaluate_model(
+    cfg: DETRConfig,
+    *,
+    dataset: Dataset | None = None,
+    use_ema: bool = True,
+    run_as: Callable[[nn.Module], nn.Module] | None = None,
+) -> ModelEvaluation:
     """Evaluate the model ``cfg`` describes on its validation split (``detr eval``, ``detr train --eval``).
 
     Weights: those of ``cfg.resume`` (its EMA weights when it has them, unless ``use_ema=False``), else
     the start weights the config names (``--pretrained``, ``--frozen_weights``, backbone). Prints the
     COCO tables and, with ``cfg.output_dir``, writes ``eval/latest.pth`` and ``detections_*.json``.
-    ``dataset`` replaces building the validation split from ``cfg``.
+    ``dataset`` replaces building the validation split from ``cfg``. ``run_as`` turns the loaded model into
+    the module that is run (``detr eval --precision``: ``inference.optimize``'s fast path over the same weights).
     """
     device, _ = start_process(cfg.device, cfg.seed, cfg.dist_url, cfg.dist_timeout)
     output_dir = prepare_output_dir(cfg.output_dir)
@@ -164,7 +171,8 @@ def evaluate_model(cfg: DETRConfig, *, dataset: Dataset | None = None, use_ema: 
         model.to(memory_format=torch.channels_last)
     log.info("evaluating %s on %d images", weights, len(data.val))
     _, loader_val = make_loaders(None, data.val, cfg)
-    result = evaluate(model, criterion, postprocessors, loader_val, data.coco_gt, device, cfg,
+    runner = model if run_as is None else run_as(model)
+    result = evaluate(runner, criterion, postprocessors, loader_val, data.coco_gt, device, cfg,
                       output_dir=output_dir, category_names=data.category_names)
     du.cleanup()
     return ModelEvaluation(model=model, config=cfg, result=result, output_dir=output_dir, dataset=data.val)

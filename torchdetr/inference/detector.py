@@ -33,6 +33,8 @@ from ..structures import NestedTensor, nested_tensor_from_tensor_list
 from .attention import AttentionMaps, capture_attention
 from .detection import Detection
 from .loading import load_model
+from .optimize import optimize
+from .precision import FAITHFUL, check_precision
 from .tiles import DEFAULT_OVERLAP, Tiling, detect_tiled
 from .tracking import DEFAULT_LOST_SECONDS, Tracker, track_predictions
 from .video import DetectBatch, FramePrediction, VideoReader, VideoSource, predict_frames, video_source
@@ -119,6 +121,10 @@ class Detector:
     ``model`` maps a NestedTensor (images [B, 3, H, W], mask [B, H, W]) to ``pred_logits``
     [B, Q, K+1] and ``pred_boxes`` [B, Q, 4]: a DETR/DETRsegm module, or any callable with that
     contract (e.g. an ONNX runner; attention maps then are unavailable).
+
+    ``precision`` (PyTorch models): ``faithful`` runs the model as built (the original's computation),
+    ``fp32``/``bf16``/``fp16`` its fast path ``torchdetr.optimize(model, precision)`` (same weights;
+    fp32 within 1e-4 of faithful). Attention maps always come from the faithful model.
     """
 
     source: str | None = None  # how error messages name the model (its file or official name), when known
@@ -134,12 +140,18 @@ class Detector:
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
         focal: bool = False,
+        precision: str = FAITHFUL,
     ) -> None:
         if not 0.0 <= threshold < 1.0:
             raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        self.model = model
+        check_precision(precision)
+        if precision != FAITHFUL and not isinstance(model, nn.Module):
+            raise ConfigError(f"--precision {precision} applies to PyTorch models; an exported model runs as exported")
+        self.precision = precision
+        self.faithful_model = model
+        self.model = optimize(model, precision) if isinstance(model, nn.Module) else model
         self.category_names = dict(category_names or {})
         self.threshold = threshold
         self.image_size, self.max_size = validation_size(image_size, max_size)
@@ -158,12 +170,15 @@ class Detector:
         image_size: int | None = None,
         max_size: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str = FAITHFUL,
     ) -> Detector:
         """Official model name (``detr_resnet50``, … downloaded once) or a checkpoint file (ours or the original's).
 
         ``image_size``/``max_size`` default to the model's own (``LoadedModel.image_size``/``max_size``:
         800/1333 for the official models, the training run's validation resize for a checkpoint).
+        ``precision``: ``faithful`` (default), or a fast path: ``fp32``, ``bf16``, ``fp16`` (CUDA).
         """
+        check_precision(precision)
         resolved = resolve_device(device)
         loaded = load_model(name_or_path, device=resolved)
         image_size, max_size = _chosen_size(image_size, max_size, (loaded.image_size, loaded.max_size))
@@ -176,6 +191,7 @@ class Detector:
             device=resolved,
             batch_size=batch_size,
             focal=loaded.config.cls_loss == "focal",
+            precision=precision,
         )
         detector.source = str(name_or_path)
         return detector
@@ -363,12 +379,13 @@ class Detector:
         to 1 over valid cells), both averaged over heads, and the image's detections. Captured
         with forward hooks that are removed afterwards; the model is not changed.
         """
-        if not isinstance(self.model, nn.Module):
+        model = self.faithful_model  # the fast path's fused attention computes no weights
+        if not isinstance(model, nn.Module):
             raise ConfigError("attention maps need a PyTorch model (this detector runs an exported model)")
         pil = to_pil_image(image)
         samples = self.batch([pil])
-        with capture_attention(self.model) as captured:
-            outputs = self.model(samples)
+        with capture_attention(model) as captured:
+            outputs = model(samples)
         detections = self.detections_from_outputs(outputs, torch.tensor([[pil.height, pil.width]]), threshold)[0]
         if captured.decoder is None:
             raise RuntimeError(f"{type(self.model).__name__}: no decoder attention was captured")

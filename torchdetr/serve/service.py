@@ -88,11 +88,13 @@ class DetectionService:
         """The ``ModelInfo`` dict of ``GET /v1/model``."""
         detector, settings = self.detector, self.settings
         if isinstance(detector.model, nn.Module):
-            runtime = "pytorch"
+            fast = getattr(detector.model, "compute_dtype", None)  # an optimized model (--precision fp32/bf16/fp16)
+            runtime = "pytorch" if fast is None else f"pytorch ({detector.precision} fast path)"
             parameter = next(detector.model.parameters(), None)
-            precision = str(parameter.dtype).removeprefix("torch.") if parameter is not None else "float32"
+            dtype = fast or (parameter.dtype if parameter is not None else torch.float32)
+            precision = str(dtype).removeprefix("torch.")
         else:
-            runtime, precision = "onnxruntime", "exported"
+            runtime, precision = getattr(detector.model, "runtime_name", "onnxruntime"), "exported"
         return {
             "name": settings.model_name,
             "runtime": runtime,
