@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import ConfigError, DataError, MissingFileError
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
-BACKENDS: tuple[str, ...] = ("pycocotools", "faster_coco_eval")
+AUTO_BACKEND = "auto"  # faster_coco_eval when it is installed (same 12 stats, several times faster), else pycocotools
+BACKENDS: tuple[str, ...] = (AUTO_BACKEND, "pycocotools", "faster_coco_eval")
 SHORT_REPR_CHARS = 80  # values quoted in error messages are cut to this length
 
 
@@ -29,6 +30,16 @@ def check_iou_type(iou_type: str) -> None:
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def resolve_backend(backend: str) -> str:
+    """The implementation ``backend`` names: ``auto`` → ``faster_coco_eval`` when importable, else ``pycocotools``."""
+    check_backend(backend)
+    if backend != AUTO_BACKEND:
+        return backend
+    import importlib.util
+
+    return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") is not None else "pycocotools"
 
 
 def quiet() -> contextlib.AbstractContextManager:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..categories import category_names_from_coco
 from ..errors import MissingExtraError
-from .checks import CocoFormatError, check_backend, check_iou_type, quiet
+from .checks import CocoFormatError, check_backend, check_iou_type, quiet, resolve_backend
 from .ground_truth import validate_coco_gt
 from .results import predictions_to_coco_results
 from .tables import NUM_STATS
@@ -78,12 +78,13 @@ def run_coco_eval(
     Runs ``evaluate()``, ``accumulate()`` and ``summarize()`` quietly and returns the ``COCOeval`` (the 12
     stats in ``.stats``, PR data in ``.eval``) with the summary pycocotools would have printed. Images in
     ``img_ids`` without results count as images with no detections. ``results`` are not modified. With
-    ``backend="faster_coco_eval"`` the returned object is a ``faster_coco_eval`` ``COCOeval_faster``,
-    whose ``eval`` dict has the same layout. ``coco_gt``'s annotations gain the keys COCOeval adds
+    ``backend="faster_coco_eval"`` (what ``auto`` picks when it is installed; stats equal to 1e-12, the
+    order of float64 sums) the returned object is a ``faster_coco_eval`` ``COCOeval_faster``, whose ``eval``
+    dict has the same layout. ``coco_gt``'s annotations gain the keys COCOeval adds
     (``ignore``; RLE ``segmentation`` for segm), as with pycocotools itself.
     """
     check_iou_type(iou_type)
-    check_backend(backend)
+    backend = resolve_backend(backend)
     img_ids = sorted({int(i) for i in img_ids})
     dets = [dict(r) for r in results]  # loadRes writes id/area/iscrowd into the dicts it gets
     if iou_type == "segm":
