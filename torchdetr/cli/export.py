@@ -15,23 +15,32 @@ from ..inference.export_contract import (
     TOLERANCE,
     format_from_path,
     sample_size_for,
+    tolerance_for,
 )
 from ..output_paths import make_output_folder, refuse_inputs
+
+DEFAULT_CALIBRATION_IMAGES = 32
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a model to ONNX, TorchScript or a torch.export program",
+        help="export a model to ONNX, TorchScript, a torch.export program, OpenVINO or INT8 ONNX",
         description="Export a model for deployment with dynamic batch and image size, then compare the exported "
-                    f"file with the eager model on other image sizes (exit 1 if they differ by more than {TOLERANCE:.0e}). "
+                    f"file with the eager model on other image sizes (exit 1 if they differ by more than {TOLERANCE:.0e}; "
+                    f"{tolerance_for('int8'):g} on logits for int8). "
                     "Inputs: images [B,3,H,W] float32 (normalised, zero padded) and mask [B,H,W] bool "
                     "(True = padding); outputs: pred_logits, pred_boxes (and pred_masks for mask models).",
     )
     p.add_argument("--model", required=True, metavar="NAME_OR_CKPT",
                    help="official model name (e.g. detr_resnet50; downloads the weights) or a checkpoint file")
     p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: from the --output suffix: .onnx, .ts/.pt, .pt2)")
+                   help="output format (default: from the --output suffix: .onnx, .ts/.pt, .pt2, .xml = openvino); "
+                        "int8: an .onnx file with quantised convolutions, calibrated on --data (needs --format int8)")
+    p.add_argument("--data", metavar="DIR", help="int8: dataset folder (COCO layout) whose images calibrate the "
+                   "quantisation (its val split, else train)")
+    p.add_argument("--calibration_images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                   help=f"int8: how many images of --data calibrate (default {DEFAULT_CALIBRATION_IMAGES})")
     p.add_argument("--output", required=True, metavar="FILE", help="file to write")
     h, w = sample_size_for(DEFAULT_IMAGE_SIZE)
     p.add_argument("--image_size", type=int, default=DEFAULT_IMAGE_SIZE,
@@ -63,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size < MIN_SAMPLE_SIDE:
         raise ConfigError(f"--image_size must be at least {MIN_SAMPLE_SIDE}, got {args.image_size}")
 
+    if fmt == "int8" and not args.data:
+        raise ConfigError("--format int8 needs --data DIR: images that calibrate the quantisation")
+    if args.data and fmt != "int8":
+        raise ConfigError(f"--data calibrates --format int8 only (got --format {fmt})")
+    if args.calibration_images < 1:
+        raise ConfigError(f"--calibration_images must be positive, got {args.calibration_images}")
+
     from ..inference import export
     from ..inference.loading import load_model
 
@@ -70,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     sample_size = sample_size_for(args.image_size)
     dynamic = not args.static
     loaded = load_model(args.model, device="cpu")
+    calibration = _calibration_batches(args, loaded) if fmt == "int8" else None
     check = export.export_model(loaded.model, output, fmt, sample_size=sample_size, dynamic=dynamic,
                                 opset=args.opset or export.DEFAULT_OPSET, check=args.check,
-                                metadata=export.loaded_model_metadata(loaded))
+                                metadata=export.loaded_model_metadata(loaded), calibration=calibration)
     shape = "dynamic batch/height/width" if dynamic or fmt == "torchscript" else f"fixed 1×3×{sample_size[0]}×{sample_size[1]}"
     print(f"wrote {output} ({fmt}, {output.stat().st_size / 2**20:.1f} MB, {shape}, "
           f"outputs {', '.join(export.ExportWrapper(loaded.model).output_names)})")
@@ -85,3 +102,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"check passed (tolerance {check.tolerance:.0e} on pred_logits/pred_boxes)")
     return 0
+
+
+def _calibration_batches(args: argparse.Namespace, loaded):
+    """The first ``--calibration_images`` images of ``--data``'s val split (else train), pre-processed for the model."""
+    from ..errors import MissingFileError
+    from ..inference.dataset_images import dataset_images, load_images, preprocessed_batches
+
+    try:
+        _, images = dataset_images(args.data, "val", args.calibration_images)
+    except MissingFileError:
+        _, images = dataset_images(args.data, "train", args.calibration_images)
+    return preprocessed_batches(load_images(images), loaded.image_size, loaded.max_size)

@@ -68,8 +68,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, video files, folders of them, stream URLs (rtsp://, http://…) or camera indices (0, 1…)")
     p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
-    p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of "
-                   "--model; class names and image size come from the file")
+    p.add_argument("--onnx", "--exported", dest="onnx", metavar="FILE",
+                   help="run this exported model (from detr export) instead of --model: ONNX or INT8 .onnx with "
+                        "onnxruntime, OpenVINO .xml with OpenVINO; class names and image size come from the file")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder for predictions.json and images/ (and NAME.mp4 + NAME.jsonl per video)")
     p.add_argument("--threshold", type=float, default=0.7,
@@ -181,7 +182,7 @@ def _load_detector(args: argparse.Namespace) -> Detector:
     if args.onnx:
         if args.precision != FAITHFUL:
             raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
-        return Detector.from_onnx(args.onnx, device=args.device, **options)
+        return Detector.from_exported(args.onnx, device=args.device, **options)
     return Detector.from_pretrained(args.model, device=args.device, precision=args.precision, **options)
 
 

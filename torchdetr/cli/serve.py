@@ -38,8 +38,9 @@ def add_parser(subparsers) -> None:
                     "transformer's attention. Binds 127.0.0.1 (this machine only) unless --host says otherwise.",
     )
     p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
-    p.add_argument("--onnx", metavar="FILE", help="serve this ONNX model (from detr export) instead of --model "
-                   "(no attention maps)")
+    p.add_argument("--onnx", "--exported", dest="onnx", metavar="FILE",
+                   help="serve this exported model (from detr export: .onnx incl. INT8, or OpenVINO .xml) instead of "
+                        "--model (no attention maps)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only; "
                    "0.0.0.0 = every network interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 = any free port)")
@@ -89,7 +90,7 @@ def _detector(args: argparse.Namespace):
         if args.onnx:
             if args.precision != FAITHFUL:
                 raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
-            return Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, batch_size=1)
+            return Detector.from_exported(args.onnx, device=args.device, threshold=args.threshold, batch_size=1)
         return Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold, batch_size=1,
                                         precision=args.precision)
     except ConnectionError as err:

@@ -234,6 +234,35 @@ class Detector:
         detector.source = str(path)
         return detector
 
+    @classmethod
+    def from_exported(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = "auto",
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        image_size: int | None = None,
+        max_size: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Detector:
+        """An exported file by its suffix: ONNX (``.onnx``, INT8 included) → :meth:`from_onnx`; OpenVINO IR (``.xml``).
+
+        Class names and the input size come from the file's metadata, as for ONNX.
+        """
+        from .export_contract import format_from_path
+        from .runtimes import OpenVinoRunner
+
+        fmt = format_from_path(path)
+        if fmt == "onnx":
+            return cls.from_onnx(path, device, threshold, image_size=image_size, max_size=max_size, batch_size=batch_size)
+        if fmt != "openvino":
+            raise ConfigError(f"{path}: predict and serve run ONNX (.onnx) and OpenVINO (.xml) files, not {fmt}")
+        runner = OpenVinoRunner(path)
+        config = runner.config
+        image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
+        return cls(runner, runner.category_names, threshold=threshold, image_size=image_size, max_size=max_size,
+                   device="cpu", batch_size=batch_size, focal=config is not None and config.cls_loss == "focal")
+
     # ------------------------------------------------------------------ pre-processing
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB PIL image → normalised [3, H', W'] tensor (resized as in the original validation)."""

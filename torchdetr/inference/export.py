@@ -49,9 +49,10 @@ from .export_contract import (
     MIN_OPSET,
     check_format,
     check_sample_size,
+    tolerance_for,
 )
 from .loading import LoadedModel
-from .runtimes import quiet_jit_deprecation, require_onnx
+from .runtimes import OPENVINO_METADATA_KEY, quiet_jit_deprecation, require_onnx, require_openvino
 from .verify import ExportCheck, eval_mode, verify_export
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,8 @@ def _write_file(path: Path, save: Callable[[IO[bytes]], Any]) -> None:
 
 
 def _checked(model: nn.Module, path: Path, fmt: str, sample_size: Sequence[int], dynamic: bool) -> ExportCheck:
-    """``verify_export`` of a file just written, logged (a warning when it fails)."""
-    check = verify_export(model, path, fmt, sample_size=sample_size, dynamic=dynamic)
+    """``verify_export`` of a file just written (the format's tolerance), logged (a warning when it fails)."""
+    check = verify_export(model, path, fmt, sample_size=sample_size, dynamic=dynamic, tolerance=tolerance_for(fmt))
     if check.passed:
         log.info("%s matches the eager model: max abs difference %s", path, check)
     else:
@@ -334,6 +335,102 @@ def export_program(
     return _checked(model, path, "program", sample_size, dynamic) if check else None
 
 
+# ---------------------------------------------------------------------------------------------
+# OpenVINO and INT8 (both from the ONNX export)
+# ---------------------------------------------------------------------------------------------
+def export_openvino(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    sample_size: Sequence[int] = DEFAULT_SAMPLE_SIZE,
+    dynamic: bool = True,
+    check: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> ExportCheck | None:
+    """Write ``model`` as OpenVINO IR (``path`` = the ``.xml``; the weights go to the ``.bin`` beside it).
+
+    Converted with ``openvino.convert_model`` from the ONNX export (same inputs, outputs and dynamic
+    sizes), weights kept in float32; the metadata is stored in the IR's rt_info. Runs with
+    ``runtimes.OpenVinoRunner``; checked like the ONNX file (``verify_export``, tolerance 1e-4).
+    """
+    require_openvino()
+    import tempfile
+
+    import openvino as ov
+
+    path = _prepare_output(path)
+    if path.suffix.lower() != ".xml":
+        raise ConfigError(f"an OpenVINO model is written as an .xml file (+ .bin beside it), got {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx_path, sample_size=sample_size, dynamic=dynamic, check=False, metadata=metadata)
+        converted = ov.convert_model(str(onnx_path))
+    converted.set_rt_info(json.dumps(default_metadata(model, metadata)), [OPENVINO_METADATA_KEY])
+    ov.save_model(converted, str(path), compress_to_fp16=False)
+    log.debug("wrote %s (OpenVINO IR)", path)
+    return _checked(model, path, "openvino", sample_size, dynamic) if check else None
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Hide onnxruntime.quantization's advice printed on the root logger at every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+INT8_OP_TYPES = ("Conv",)  # quantised operators: the backbone's convolutions (most of the FLOPs); attention stays float
+
+
+def export_int8(
+    model: nn.Module,
+    path: str | Path,
+    calibration: Sequence[NestedTensor],
+    *,
+    sample_size: Sequence[int] = DEFAULT_SAMPLE_SIZE,
+    check: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> ExportCheck | None:
+    """Write an INT8 ONNX file: the ONNX export with its convolutions quantised by ``onnxruntime.quantization``.
+
+    Static post-training quantisation (QDQ, per-channel int8 weights, uint8 activations) whose activation
+    ranges are calibrated on ``calibration`` (padded batches of real, pre-processed images: ``detr export
+    --data``). Runs with onnxruntime like any ONNX file; the check accepts ``INT8_TOLERANCE``.
+    """
+    require_onnx()
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ConfigError("INT8 export needs calibration images (--data DIR)")
+    path = _prepare_output(path)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            mask = batch.mask if batch.mask is not None else torch.zeros_like(batch.tensors[:, 0], dtype=torch.bool)
+            return {"images": batch.tensors.float().cpu().numpy(), "mask": mask.cpu().numpy()}
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx_path, sample_size=sample_size, dynamic=True, check=False, metadata=metadata)
+        quantize_static(str(onnx_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(INT8_OP_TYPES))
+    log.debug("wrote %s (INT8 ONNX)", path)
+    return _checked(model, path, "int8", sample_size, True) if check else None
+
+
 def export_model(
     model: nn.Module,
     path: str | Path,
@@ -344,9 +441,15 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     metadata: Mapping[str, str] | None = None,
+    calibration: Sequence[NestedTensor] | None = None,
 ) -> ExportCheck | None:
-    """Dispatch to ``export_onnx`` / ``export_torchscript`` / ``export_program`` by ``fmt``."""
+    """Dispatch to ``export_onnx`` / ``export_torchscript`` / ``export_program`` / ``export_openvino`` /
+    ``export_int8`` (which needs ``calibration`` batches) by ``fmt``."""
     check_format(fmt)
+    if fmt == "openvino":
+        return export_openvino(model, path, sample_size=sample_size, dynamic=dynamic, check=check, metadata=metadata)
+    if fmt == "int8":
+        return export_int8(model, path, calibration or [], sample_size=sample_size, check=check, metadata=metadata)
     if fmt == "onnx":
         return export_onnx(model, path, opset=opset, sample_size=sample_size, dynamic=dynamic, check=check,
                            metadata=metadata)

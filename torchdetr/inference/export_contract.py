@@ -12,8 +12,12 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-FORMATS = ("onnx", "torchscript", "program")
-SUFFIXES = {".onnx": "onnx", ".pt2": "program", ".ts": "torchscript", ".torchscript": "torchscript", ".pt": "torchscript"}
+FORMATS = ("onnx", "torchscript", "program", "openvino", "int8")
+SUFFIXES = {".onnx": "onnx", ".pt2": "program", ".ts": "torchscript", ".torchscript": "torchscript", ".pt": "torchscript",
+            ".xml": "openvino"}
+# int8: an ONNX file (.onnx) whose convolutions are quantised (onnxruntime.quantization, calibrated on --data images);
+# it runs as any ONNX file. openvino: OpenVINO IR (.xml + .bin beside it), converted from the ONNX export.
+RUNTIME_FORMATS = {"int8": "onnx"}  # the format whose runtime runs a file of this format
 
 INPUT_NAMES = ("images", "mask")
 BOX_OUTPUTS = ("pred_logits", "pred_boxes")
@@ -28,6 +32,15 @@ DEFAULT_IMAGE_SIZE = 800  # shorter side of the default export sample: the origi
 MIN_SAMPLE_SIDE = 64  # the check inputs are about 3/4 of the sample: keep their feature maps > 1 pixel
 
 TOLERANCE = 1e-4  # max |exported - eager| accepted on pred_logits / pred_boxes
+# INT8: 8-bit activations and weights in the backbone move logits by a few hundredths to tenths; the check
+# accepts this much (on logits; boxes in [0, 1]) and reports the drift (AP drift: benchmarks/results/inference.md)
+INT8_TOLERANCE = 0.5
+FORMAT_TOLERANCE = {"int8": INT8_TOLERANCE}
+
+
+def tolerance_for(fmt: str) -> float:
+    """The parity tolerance of the export check for ``fmt`` (``TOLERANCE`` for lossless formats)."""
+    return FORMAT_TOLERANCE.get(fmt, TOLERANCE)
 
 
 def sample_size_for(image_size: int) -> tuple[int, int]:

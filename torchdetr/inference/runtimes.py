@@ -25,7 +25,7 @@ from ..data.build import config_validation_size
 from ..errors import ConfigError, InputFileError, MissingExtraError, MissingFileError
 from ..models.weight_files import TORCH_ZIP_ADVICE
 from ..structures import NestedTensor, as_nested_tensor
-from .export_contract import BOX_OUTPUTS, INPUT_NAMES, MASK_OUTPUT, check_format, format_from_path
+from .export_contract import BOX_OUTPUTS, INPUT_NAMES, MASK_OUTPUT, RUNTIME_FORMATS, check_format, format_from_path
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,85 @@ class OnnxRunner:
         return f"OnnxRunner({str(self.path)!r}, outputs={list(self.output_names)}, input={list(self.input_shape)})"
 
 
+def require_openvino() -> None:
+    """``MissingExtraError`` unless OpenVINO is installed."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("OpenVINO export and inference need the openvino package: pip install "
+                                "'torchdetr[openvino]'") from None
+
+
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # OpenVINO's inference precision hint on CPU
+OPENVINO_METADATA_KEY = "torchdetr_metadata"  # rt_info entry: the export metadata as one JSON object
+
+
+class OpenVinoRunner:
+    """An OpenVINO IR file (``.xml`` + ``.bin``, from ``detr export --format openvino``) on OpenVINO's CPU plugin.
+
+    Called like the eager model; returns float32 torch tensors on the input's device. ``precision``
+    ``fp32`` (default: the export check's parity) or ``bf16`` (OpenVINO's own choice on CPUs with AMX);
+    ``threads``: inference threads (default: OpenVINO's). Metadata as ``OnnxRunner`` (``metadata``,
+    ``category_names``, ``config``, ``input_size``), stored in the IR's ``rt_info``.
+    """
+
+    runtime_name = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None, precision: str = "fp32") -> None:
+        require_openvino()
+        import openvino as ov
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MissingFileError(f"OpenVINO model not found: {self.path}")
+        if precision not in OPENVINO_PRECISIONS:
+            raise ConfigError(f"OpenVINO precision must be one of {', '.join(OPENVINO_PRECISIONS)}, got {precision!r}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own
+            raise InputFileError(f"{self.path}: not a loadable OpenVINO model ({_first_line(err)})") from None
+        inputs = [port.get_any_name() for port in model.inputs]
+        if inputs != list(INPUT_NAMES):
+            raise InputFileError(f"{self.path}: not a torchdetr export (inputs {inputs}, expected {list(INPUT_NAMES)})")
+        self.output_names = tuple(port.get_any_name() for port in model.outputs)
+        self._metadata = read_openvino_metadata(model)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    metadata = property(lambda self: dict(self._metadata), doc="The ``torchdetr.*`` metadata stored in the IR.")
+    has_masks = property(lambda self: MASK_OUTPUT in self.output_names)
+    category_names = property(lambda self: OnnxRunner.category_names.fget(self))  # type: ignore[attr-defined]
+    config = property(lambda self: OnnxRunner.config.fget(self))  # type: ignore[attr-defined]
+    input_size = property(lambda self: OnnxRunner.input_size.fget(self))  # type: ignore[attr-defined]
+
+    def __call__(self, samples: Samples) -> dict[str, Tensor]:
+        images, mask = _padded_inputs(samples)
+        results = self.request.infer({
+            "images": images.detach().to("cpu", torch.float32).contiguous().numpy(),
+            "mask": mask.detach().to("cpu", torch.bool).contiguous().numpy(),
+        })
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return {name: torch.from_numpy(by_name[name].copy()).to(images.device) for name in self.output_names}
+
+    def __repr__(self) -> str:
+        return f"OpenVinoRunner({str(self.path)!r}, outputs={list(self.output_names)})"
+
+
+def read_openvino_metadata(model: Any) -> dict[str, str]:
+    """The metadata ``export_openvino`` stored in an OpenVINO model's rt_info (one JSON object), or ``{}``."""
+    if not model.has_rt_info([OPENVINO_METADATA_KEY]):
+        return {}
+    try:
+        values = json.loads(str(model.get_rt_info([OPENVINO_METADATA_KEY]).astype(str)))
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+
+
 class ModuleRunner:
     """A TorchScript trace or a ``torch.export`` program module, called like the eager model."""
 
@@ -211,8 +290,11 @@ def load_exported(path: str | Path, fmt: str | None = None) -> ExportedRunner:
     """
     path = Path(path)
     fmt = check_format(fmt or format_from_path(path))
+    fmt = RUNTIME_FORMATS.get(fmt, fmt)
     if fmt == "onnx":
         return OnnxRunner(path)
+    if fmt == "openvino":
+        return OpenVinoRunner(path)
     if not path.is_file():
         raise MissingFileError(f"exported model not found: {path}")
     try:
