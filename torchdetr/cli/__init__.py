@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve",
     "data": "data",
     "info": "info",
+    "benchmark": "benchmark",
 }
 
 USER_ERROR_EXIT_CODE = 2

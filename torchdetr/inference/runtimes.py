@@ -75,10 +75,12 @@ class OnnxRunner:
     ``runner(samples)`` returns ``{"pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4]}`` (+
     ``"pred_masks"`` [B, Q, H/4, W/4]) as float32 torch tensors on the device of the input images.
     ``providers`` default to CUDA (when onnxruntime has it) then CPU; ``threads`` sets
-    onnxruntime's intra-op threads (default: its own choice, one per physical core).
+    onnxruntime's intra-op threads (default: its own choice, one per physical core); ``spinning=False``
+    lets them sleep between calls instead of spin-waiting.
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 spinning: bool = True) -> None:
         require_onnx()
         import onnxruntime as ort
 
@@ -91,6 +93,8 @@ class OnnxRunner:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not spinning:  # idle threads sleep at once (fair when other work shares the cores, e.g. a benchmark)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own exception types for unreadable files
