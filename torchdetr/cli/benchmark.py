@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (COCO layout, val split): AP50 per format and INT8 "
                    "calibration (int8 is skipped without it)")
-    p.add_argument("--ap_images", type=int, default=50, help="images of --data for AP50 (default 50)")
+    p.add_argument("--ap_images", type=int, default=50, help="images of --data for AP50 (default 50; 0: none, --data only "
+                        "calibrates int8)")
     p.add_argument("--calibration_images", type=int, default=32, help="images of --data calibrating int8 (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto; ONNX/OpenVINO/INT8 run on CPU")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

@@ -277,7 +277,7 @@ class BenchmarkReport:
             f"- batch {self.batch} of random images, {self.runs} timed runs per format after warm-up, interleaved across "
             "formats; × faithful = faithful p50 / this p50, in the same process; of peak: GFLOP/s over the measured "
             "GEMM peak of the format's dtype (fp32 for int8, whose integer kernels can exceed it)"
-            + (f"; AP50 on the first {self.ap_images} images of {self.data}" if self.data else ""),
+            + (f"; AP50 on the first {self.ap_images} images of {self.data}" if self.ap_images else ""),
             "",
             self.table(),
             "",
@@ -374,8 +374,8 @@ def run_benchmark(
     progress: Callable[[str], None] = print,
 ) -> BenchmarkReport:
     """Benchmark ``loaded``'s model in each of ``formats`` (the faithful baseline first); see the module docstring."""
-    if batch < 1 or runs < 1 or warmup < 0 or ap_images < 1:
-        raise ConfigError("--batch, --runs and --ap_images must be positive, --warmup at least 0")
+    if batch < 1 or runs < 1 or warmup < 0 or ap_images < 0:
+        raise ConfigError("--batch and --runs must be positive, --warmup and --ap_images at least 0")
     formats = check_formats(formats)
     threads = threads or torch.get_num_threads()
     if threads < 1:
@@ -401,8 +401,9 @@ def run_benchmark(
 
         ann_file, entries = dataset_images(data, limit=max(ap_images, calibration_images))
         pictures = load_images(entries)
-        dataset = (ann_file, entries[:ap_images], pictures[:ap_images])
-        report.ap_images = len(dataset[1])
+        if ap_images:
+            dataset = (ann_file, entries[:ap_images], pictures[:ap_images])
+            report.ap_images = len(dataset[1])
         calibration = preprocessed_batches(pictures[:calibration_images], loaded.image_size, loaded.max_size)
 
     with torch.inference_mode():
