@@ -96,7 +96,8 @@ def main() -> None:
         ways = {
             "pycocotools COCOeval (baseline)": lambda: pycocotools_eval(ann, results),
             "detr eval --backend pycocotools": lambda: evaluate_results_file(ann, results, backend="pycocotools").stats,
-            f"detr eval (default: auto → {resolve_backend('auto')})": lambda: evaluate_results_file(ann, results).stats,
+            f"detr eval (default: auto → {resolve_backend('auto')})":
+                lambda: evaluate_results_file(ann, results, backend="auto").stats,
         }
         times: dict[str, list[float]] = {name: [] for name in ways}
         stats: dict[str, list[float]] = {}
