@@ -262,8 +262,8 @@ class BenchmarkReport:
         lines = [
             "# Inference speed: every runtime against the faithful path",
             "",
-            f"`detr benchmark --model {self.model} --size {h}x{w} --batch {self.batch} --threads {m['threads']}`"
-            + (f" `--data {self.data}`" if self.data else ""),
+            f"`detr benchmark --model {self.model} --size {h}x{w} --batch {self.batch} --threads {m['threads']} "
+            f"--runs {self.runs}" + (f" --data {self.data} --ap_images {self.ap_images}" if self.data else "") + "`",
             "",
             f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} thread(s); AVX-512 BF16: "
             f"{'yes' if m['avx512_bf16'] else 'no'}, AMX: {'yes' if m['amx'] else 'no'}; device {m['device']}"

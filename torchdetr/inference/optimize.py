@@ -134,10 +134,15 @@ def _replace_modules(root: nn.Module, precision: str) -> dict[str, int]:
     return counts
 
 
+_warned_slow_bf16: list[bool] = []  # the slow-bf16 warning is given once per process
+
+
 def _check_device_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"--precision fp16 runs on CUDA only (the model is on {device}); use bf16 on a CPU")
-    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if (precision == "bf16" and device.type == "cpu" and not _warned_slow_bf16
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        _warned_slow_bf16.append(True)
         log.warning("this CPU has no bfloat16 instructions (AVX-512-bf16/AMX): --precision bf16 will be slow")
 
 
