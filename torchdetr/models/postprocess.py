@@ -13,23 +13,11 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from ..structures import id2rgb, rgb2id
+
+__all__ = ["PANOPTIC_MIN_AREA", "PostProcess", "PostProcessPanoptic", "PostProcessSegm", "id2rgb", "rgb2id"]
+
 PANOPTIC_MIN_AREA = 4  # segments of at most this many pixels are dropped (then ids are recomputed)
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """Panoptic id map [H, W] → RGB [H, W, 3] uint8 with id = R + 256·G + 256²·B (COCO panoptic)."""
-    id_map = id_map.astype(np.int64, copy=True)
-    rgb = np.zeros((*id_map.shape, 3), dtype=np.uint8)
-    for i in range(3):
-        rgb[..., i] = id_map % 256
-        id_map //= 256
-    return rgb
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """RGB [H, W, 3] → id map [H, W] (inverse of ``id2rgb``)."""
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 class PostProcess(nn.Module):
