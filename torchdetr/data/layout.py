@@ -158,7 +158,8 @@ def find_splits(root: Path) -> dict[str, SplitFiles]:
     if not found:
         raise DataError(
             f"{root}: no COCO annotation files; expected {ANNOTATIONS_DIR}/{ANN_PREFIX}train.json + {IMAGES_DIR}/ "
-            f"(generic layout) or {ANNOTATIONS_DIR}/{ANN_PREFIX}train2017.json + train2017/ (COCO 2017 layout)"
+            f"(generic layout) or {ANNOTATIONS_DIR}/{ANN_PREFIX}train2017.json + train2017/ (COCO 2017 layout), or "
+            f"for panoptic data {ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}train.json + {PANOPTIC_DIR}/ + {IMAGES_DIR}/"
         )
     rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))

@@ -41,7 +41,7 @@ def load_run_data(
     """
     if datasets is None:
         splits = ("train", "val") if with_train else ("val",)
-        if cfg.dataset_file == "coco" and not cfg.skip_data_check:
+        if cfg.dataset_file in ("coco", "coco_panoptic") and not cfg.skip_data_check:
             check_data(cfg, splits)
         dataset_val = build_dataset("val", cfg)
         dataset_train = build_dataset("train", cfg) if with_train else None
@@ -53,26 +53,36 @@ def load_run_data(
 
 
 def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> None:
-    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path``; raise ``DataCheckFailed`` with the report."""
-    from ..data.check import check_dataset
+    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path`` (panoptic: ``cfg.coco_panoptic_path``); raise
+    ``DataCheckFailed`` with the report."""
+    from ..data.check import check_dataset, check_panoptic_dataset
     from ..data.coco import resolve_coco_layout
+    from ..data.layout import resolve_panoptic_split
 
     if not cfg.coco_path:
-        raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
+        raise ConfigError(f"--coco_path is required with --dataset_file {cfg.dataset_file} (a COCO-format dataset folder)")
     for split in splits:
-        images_dir, ann_file = resolve_coco_layout(cfg.coco_path, split)
-        # reading every image header of a huge dataset (COCO: 118k) at each start is too slow
+        png_dir = None
+        if cfg.dataset_file == "coco_panoptic":
+            files = resolve_panoptic_split(cfg.coco_panoptic_path or cfg.coco_path, split, images_root=cfg.coco_path)
+            images_dir, ann_file, png_dir = files.images_dir, files.ann_file, files.png_dir
+        else:
+            images_dir, ann_file = resolve_coco_layout(cfg.coco_path, split)
+        # reading every image header (and segment PNG) of a huge dataset (COCO: 118k) at each start is too slow
         read_images = sum(1 for _ in zip(images_dir.iterdir(), range(MAX_IMAGES_TO_CHECK + 1))) <= MAX_IMAGES_TO_CHECK
         if not read_images:
             log.info("data check of %s: more than %d images, image files not opened (run `detr data check`)",
                      ann_file, MAX_IMAGES_TO_CHECK)
-        report = check_dataset(ann_file, images_dir, check_images=read_images)
+        if png_dir is not None:
+            report = check_panoptic_dataset(ann_file, png_dir, images_dir, check_images=read_images)
+        else:
+            report = check_dataset(ann_file, images_dir, check_images=read_images)
         if not report.ok:
             raise DataCheckFailed(f"{ann_file}: the {split} data has problems; fix them or pass --skip_data_check:\n"
                                   + report.format())
         if report.warnings:
             log.warning("%s: %d warning(s) from the data check (run `detr data check %s` for details)",
-                        ann_file, len(report.warnings), cfg.coco_path)
+                        ann_file, len(report.warnings), ann_file)
 
 
 def resolve_num_classes(cfg: DETRConfig, coco_gt: COCO) -> DETRConfig:

@@ -166,7 +166,7 @@ def _train(
                 if scaler is not None:
                     extras["scaler"] = scaler.state_dict()
                 state = checkpoint_dict(
-                    run.model, optimizer, lr_scheduler, epoch, cfg, categories=data.category_names, rng=rng,
+                    run.model, optimizer, lr_scheduler, epoch, cfg, **data.checkpoint_entries(), rng=rng,
                     run_log={"rows": run_log.rows, "pending": {"train_stats": train_stats, "evaluate": evaluate_now,
                                                                "train_time": train_time}}, **extras)
                 write_checkpoints(state, output_dir, epoch, cfg.lr_drop)
@@ -174,7 +174,7 @@ def _train(
             evaluated = None
             if evaluate_now:
                 result.eval = evaluated = evaluate_epoch(print_tables=epoch == cfg.epochs - 1 or out_of_time)
-            row = epoch_row(epoch, train_stats, evaluated.loss_stats if evaluated else None,
+            row = epoch_row(epoch, train_stats, evaluated.test_stats() if evaluated else None,
                             evaluated.coco_stats if evaluated else None, run.n_parameters,
                             time.monotonic() - epoch_start)
             result.history.append(row)
@@ -218,7 +218,7 @@ def _complete_log(
         return None
     start = time.monotonic()
     evaluated = evaluate_epoch(resumed.epoch == cfg.epochs - 1) if pending["evaluate"] else None
-    run_log.write(epoch_row(resumed.epoch, pending["train_stats"], evaluated.loss_stats if evaluated else None,
+    run_log.write(epoch_row(resumed.epoch, pending["train_stats"], evaluated.test_stats() if evaluated else None,
                             evaluated.coco_stats if evaluated else None, n_parameters,
                             pending["train_time"] + time.monotonic() - start))
     log.info("epoch %d: log row written (the run had stopped before writing it)", resumed.epoch)

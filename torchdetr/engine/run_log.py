@@ -27,6 +27,7 @@ TENSORBOARD_DIR = "tensorboard"
 # keys of the 12 COCOeval stats in a log row, per IoU type (the original's names)
 COCO_STATS_KEYS: dict[str, str] = {"bbox": "test_coco_eval_bbox", "segm": "test_coco_eval_masks"}
 TENSORBOARD_COCO_STATS = ("AP", "AP50")  # COCO stats also plotted as scalars ``test/AP``, ``test/AP50``
+PQ_KEYS = ("PQ_all", "PQ_th", "PQ_st")  # panoptic quality in a log row (``test_`` + key): plotted as ``test/PQ_all``…
 NOT_SCALARS = ("epoch", "n_parameters")  # row entries that are not curves
 
 
@@ -52,13 +53,14 @@ def prepare_output_dir(output_dir: str | Path | None) -> Path | None:
 def epoch_row(
     epoch: int,
     train_stats: dict[str, float],
-    test_stats: dict[str, float] | None,
+    test_stats: dict[str, Any] | None,
     coco_stats: dict[str, list[float]] | None,
     n_parameters: int,
     epoch_time: float,
 ) -> dict[str, Any]:
-    """The log row of one epoch: ``train_*``, ``test_*`` (when evaluated), ``test_coco_eval_bbox``/``_masks``,
-    ``epoch``, ``n_parameters``, ``epoch_time``."""
+    """The log row of one epoch: ``train_*``, ``test_*`` (when evaluated; with PQ, ``test_PQ_all``, ``test_PQ_th``,
+    ``test_PQ_st`` = ``{pq, sq, rq, n}`` as the original), ``test_coco_eval_bbox``/``_masks``, ``epoch``,
+    ``n_parameters``, ``epoch_time``."""
     row: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
     row.update({f"test_{k}": v for k, v in (test_stats or {}).items()})
     for iou_type, key in COCO_STATS_KEYS.items():
@@ -94,6 +96,9 @@ class RunLog:
         if stats:
             for name in TENSORBOARD_COCO_STATS:
                 self.writer.add_scalar(f"test/{name}", stats[STAT_NAMES.index(name)], epoch)
+        for key in PQ_KEYS:
+            if isinstance(row.get(f"test_{key}"), dict):
+                self.writer.add_scalar(f"test/{key}", row[f"test_{key}"]["pq"], epoch)
         self.writer.flush()
 
     def _append(self, line: str) -> None:

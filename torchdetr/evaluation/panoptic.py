@@ -43,7 +43,7 @@ from PIL import Image
 
 from ..data.io import load_segment_ids
 from ..data.panoptic import PanopticCategory, PanopticImage, load_panoptic_json, panoptic_categories
-from ..errors import DataError
+from ..errors import DataError, MissingFileError
 from ..structures import id2rgb, rgb2id
 from .checks import CocoFormatError, is_int, load_json, short
 
@@ -139,19 +139,19 @@ def _segment_index(id_map: np.ndarray, segment_ids: np.ndarray, what: str) -> np
 
     Raises DataError for ids that are neither segment ids nor void.
     """
-    order = np.argsort(segment_ids, kind="stable")
-    keys = segment_ids[order]
-    if len(keys) == 0:
-        found = np.zeros(id_map.shape, dtype=bool)
-        position = np.zeros(id_map.shape, dtype=np.int64)
+    if len(segment_ids) == 0:
+        found, index = np.zeros(id_map.shape, dtype=bool), np.zeros(id_map.shape, dtype=np.int64)
     else:
+        order = np.argsort(segment_ids, kind="stable")
+        keys = segment_ids[order]
         position = np.minimum(np.searchsorted(keys, id_map), len(keys) - 1)
         found = keys[position] == id_map
+        index = order[position] + 1
     unknown = ~found & (id_map != VOID)
     if unknown.any():
         listed = sorted(set(np.unique(id_map[unknown]).tolist()))
         raise DataError(f"{what}: segment id(s) {short(listed)} are in the PNG but not in segments_info")
-    return np.where(found, order[position] + 1, 0)
+    return np.where(found, index, 0)
 
 
 def _segment_table(segments: Sequence[Mapping[str, Any]], what: str, categories: Mapping[int, Any]) -> tuple[np.ndarray, ...]:
@@ -381,6 +381,9 @@ def evaluate_panoptic_files(
         DataError: the first problem of the inputs, naming the file, image and segment (see :func:`pq_image`).
     """
     ann_file, results_file = Path(ann_file), Path(results_file)
+    for what, path in (("annotation file", ann_file), ("results file", results_file)):
+        if not path.is_file():
+            raise MissingFileError(f"{what} not found: {path}")
     gt_png_dir = Path(gt_png_dir) if gt_png_dir is not None else ann_file.with_suffix("")
     results_png_dir = Path(results_png_dir) if results_png_dir is not None else results_file.with_suffix("")
     for what, folder in (("--gt_png_dir", gt_png_dir), ("--results_png_dir", results_png_dir)):
