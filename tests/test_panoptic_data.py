@@ -236,5 +236,5 @@ def test_training_start_refuses_a_broken_panoptic_dataset(tmp_path):
 
     cfg = DETRConfig(dataset_file="coco_panoptic", coco_path=str(tmp_path))
     check_data(cfg, ("train",))
-    with pytest.raises(DataCheckFailed, match="segment_not_in_json|empty_segment"):
+    with pytest.raises(DataCheckFailed, match=r"segment_not_in_json|empty_segment"):
         check_data(cfg, ("val",))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 from ..config import DETRConfig
 from ..data.build import build_dataset, get_coco_api
 from ..data.coco import category_names, implied_num_classes
+from ..data.panoptic import get_panoptic_dataset
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger("torchdetr.train")
@@ -30,6 +32,15 @@ class RunData:
     val: Dataset
     coco_gt: COCO  # pycocotools ground truth of ``val``
     category_names: dict[int, str]  # category id → name, from ``coco_gt``
+    thing_ids: list[int] | None = None  # panoptic data: the categories that are things (the others are stuff)
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """What checkpoints record of the data: ``categories`` (id → name) and, for panoptic data, ``thing_ids``
+        (which the panoptic post-processing of a loaded model needs)."""
+        entries: dict[str, Any] = {"categories": self.category_names}
+        if self.thing_ids is not None:
+            entries["thing_ids"] = self.thing_ids
+        return entries
 
 
 def load_run_data(
@@ -48,8 +59,10 @@ def load_run_data(
     else:
         dataset_train, dataset_val = datasets
     coco_gt = get_coco_api(dataset_val)
+    panoptic = get_panoptic_dataset(dataset_val)
     return RunData(train=dataset_train if with_train else None, val=dataset_val, coco_gt=coco_gt,
-                   category_names=category_names(coco_gt))
+                   category_names=category_names(coco_gt),
+                   thing_ids=sorted(panoptic.thing_ids) if panoptic is not None else None)
 
 
 def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> None:

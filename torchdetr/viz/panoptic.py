@@ -29,7 +29,7 @@ def segment_color(category_id: int, instance: int, isthing: bool) -> RGB:
     base = np.array(class_color(category_id), dtype=np.float64)
     shade = INSTANCE_SHADES[instance % len(INSTANCE_SHADES)] if isthing else 0.0
     target = 255.0 if shade > 0 else 0.0
-    return tuple(int(round(c + abs(shade) * (target - c))) for c in base)  # type: ignore[return-value]
+    return tuple(round(float(c + abs(shade) * (target - c))) for c in base)  # type: ignore[return-value]
 
 
 def draw_panoptic(
