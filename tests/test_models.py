@@ -211,7 +211,10 @@ def test_official_model_metadata():
     for spec in hub.OFFICIAL_MODELS.values():
         # the file name's suffix is the sha256 prefix that check_hash verifies
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/detr/") and spec.url.endswith(".pth")
-        assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush" and len(spec.categories) == 80
+        assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush"
+        # the panoptic models know COCO panoptic's 53 stuff classes too (ids 92-200, names of the sample's file)
+        assert len(spec.categories) == (133 if spec.masks else 80)
+        assert (spec.categories.get(200) == "rug-merged") == spec.masks
     assert hub.OFFICIAL_MODELS["detr_resnet101_dc5"].dilation and not hub.OFFICIAL_MODELS["detr_resnet101"].dilation
 
 

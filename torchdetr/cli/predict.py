@@ -1,8 +1,11 @@
-"""``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures.
+"""``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures;
+with ``--task panoptic`` (mask models), segment them → ``panoptic.json`` + ``panoptic/*.png`` (COCO panoptic
+predictions) + coloured pictures with class names.
 
 Directories are walked (recursively) for image files; files that cannot be read are reported and
 skipped. Image ids are 1, 2, … in the listed order, or taken from a COCO annotation file
-(``--annotations``) by file name, so that the JSON can be evaluated against that dataset.
+(``--annotations``) by file name, so that the JSON can be evaluated against that dataset
+(``detr eval --ann GT.json --results OUTPUT/predictions.json``, or ``--results OUTPUT/panoptic.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ PICTURE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # kept for rendered pic
 JPEG_QUALITY = 90
 PREDICTIONS_FILE = "predictions.json"
 PICTURES_DIR = "images"
+PANOPTIC_FILE = "panoptic.json"  # COCO panoptic predictions; the PNGs in the folder of the same name (panopticapi's rule)
+PANOPTIC_DIR = "panoptic"
+DETECTION_THRESHOLD = 0.7  # the original notebook's
 
 
 @dataclass(frozen=True)
@@ -39,18 +45,24 @@ class ImageFile:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="detect objects in images: predictions.json + pictures with boxes",
+        "predict", help="detect objects in images: predictions.json + pictures with boxes (or panoptic segments)",
         description="Detect objects in images: predictions.json (COCO results format, with file_name) and one "
-                    "picture per image with boxes, class names and scores. Folders are searched recursively; "
-                    "unreadable files are reported and skipped.",
+                    "picture per image with boxes, class names and scores. With --task panoptic (mask models: "
+                    "detr_resnet50_panoptic, … or a checkpoint trained with --masks): panoptic.json + panoptic/*.png "
+                    "(COCO panoptic format) and pictures with coloured segments and class names. Folders are searched "
+                    "recursively; unreadable files are reported and skipped.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and/or folders of images")
     p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
     p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of "
                    "--model; class names and image size come from the file")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for predictions.json and images/")
-    p.add_argument("--threshold", type=float, default=0.7,
-                   help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for predictions.json (panoptic: panoptic.json, panoptic/) and images/")
+    p.add_argument("--task", default="detection", choices=("detection", "panoptic"),
+                   help="detection (boxes) or panoptic (every pixel to a thing or stuff segment; mask models)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="keep queries whose best class probability exceeds this (default 0.7 for detection, 0 keeps "
+                        "all, for COCO AP; 0.85 for panoptic, the original's)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--annotations", metavar="COCO_JSON",
@@ -106,8 +118,8 @@ def assign_image_ids(files: Sequence[ImageFile], annotations: str | Path | None)
     resolved = [ids.get(f.name, ids.get(f.path.name)) for f in files]
     missing = [f.name for f, i in zip(files, resolved) if i is None]
     if missing:
-        log.warning("%d image(s) are not in %s and are left out of %s: %s", len(missing), annotations,
-                    PREDICTIONS_FILE, ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
+        log.warning("%d image(s) are not in %s and are left out of the predictions file: %s", len(missing),
+                    annotations, ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
     return resolved
 
 
@@ -148,8 +160,8 @@ def _load_detector(args: argparse.Namespace) -> Detector:
 
     if bool(args.model) == bool(args.onnx):
         raise ConfigError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
-    options = dict(threshold=args.threshold, image_size=args.image_size, max_size=args.max_size,
-                   batch_size=args.batch_size)
+    options = dict(threshold=args.threshold if args.task == "detection" else DETECTION_THRESHOLD,
+                   image_size=args.image_size, max_size=args.max_size, batch_size=args.batch_size)
     if args.onnx:
         return Detector.from_onnx(args.onnx, device=args.device, **options)
     return Detector.from_pretrained(args.model, device=args.device, **options)
@@ -164,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.threshold is None:
+        from ..inference.panoptic import PANOPTIC_THRESHOLD
+
+        args.threshold = DETECTION_THRESHOLD if args.task == "detection" else PANOPTIC_THRESHOLD
     if not 0 <= args.threshold < 1:
         raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
     files = find_images(args.inputs)
@@ -171,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         raise MissingFileError(f"no images found in {', '.join(args.inputs)}")
     image_ids = assign_image_ids(files, args.annotations)
     detector = _load_detector(args)
+    if args.task == "panoptic":
+        return _run_panoptic(args, files, image_ids, detector)
     output = Path(args.output)
     pictures = output / PICTURES_DIR
     pictures.mkdir(parents=True, exist_ok=True)
@@ -205,6 +223,65 @@ def run(args: argparse.Namespace) -> int:
     predictions = output / PREDICTIONS_FILE
     predictions.write_text(json.dumps(results))
     print(f"{num_images} image(s), {num_detections} detection(s) above {args.threshold:g} → {predictions}"
+          + ("" if args.no_render else f"; pictures in {pictures}"))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")
+    return 0 if num_images else 1
+
+
+def _run_panoptic(args: argparse.Namespace, files: Sequence[ImageFile], image_ids: Sequence[int | None],
+                  detector: Detector) -> int:
+    """``--task panoptic``: COCO panoptic PNGs + JSON, and pictures with coloured, named segments."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..inference.detector import to_pil_image
+    from ..models.build import COCO_THING_MAX_ID
+    from ..viz.panoptic import draw_panoptic
+
+    output = Path(args.output)
+    pictures, pngs = output / PICTURES_DIR, output / PANOPTIC_DIR
+    pngs.mkdir(parents=True, exist_ok=True)
+    annotations: list[dict] = []
+    skipped: list[str] = []
+    used_pictures: set[str] = set()
+    used_pngs: set[str] = set()
+    num_segments = num_images = 0
+    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
+    for start in range(0, len(files), args.batch_size):
+        chunk, images = [], []
+        for index in range(start, min(start + args.batch_size, len(files))):
+            try:
+                images.append(to_pil_image(files[index].path))
+                chunk.append(index)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append(files[index].name)
+                progress.write(f"skipped: {err}")
+        if images:
+            for index, image, prediction in zip(chunk, images, detector.segment(images, args.threshold)):
+                num_images += 1
+                num_segments += len(prediction.segments)
+                png_name = picture_name(Path(files[index].name).with_suffix(".png").as_posix(), used_pngs)
+                (pngs / png_name).parent.mkdir(parents=True, exist_ok=True)
+                prediction.png().save(pngs / png_name)
+                if image_ids[index] is not None:
+                    annotations.append({"image_id": image_ids[index], "file_name": png_name,
+                                        "segments_info": prediction.segments_info})
+                if not args.no_render:
+                    target = pictures / picture_name(files[index].name, used_pictures)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    names = {s.category_id: s.name for s in prediction.segments}
+                    draw_panoptic(image, prediction.id_map, prediction.segments_info, names).save(
+                        target, quality=JPEG_QUALITY)
+        progress.update(min(args.batch_size, len(files) - start))
+    progress.close()
+
+    isthing = detector.isthing or {}
+    categories = [{"id": cid, "name": name, "isthing": int(isthing.get(cid, cid <= COCO_THING_MAX_ID))}
+                  for cid, name in sorted(detector.category_names.items())]
+    predictions = output / PANOPTIC_FILE
+    predictions.write_text(json.dumps({"annotations": annotations, "categories": categories}))
+    print(f"{num_images} image(s), {num_segments} segment(s) above {args.threshold:g} → {predictions} and {pngs}"
           + ("" if args.no_render else f"; pictures in {pictures}"))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")
