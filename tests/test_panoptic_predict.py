@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ from torchdetr.cli import main as cli_main
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder
 from torchdetr.engine.checkpoint import checkpoint_dict
 from torchdetr.errors import ConfigError
+from torchdetr.evaluation.panoptic import evaluate_panoptic_files
 from torchdetr.inference.detector import Detector
 from torchdetr.inference.loading import load_model
 from torchdetr.models.build import panoptic_is_thing_map
@@ -34,26 +36,59 @@ def mask_model():
     return model.eval()
 
 
-def test_detector_segments_as_the_original_post_processing(mask_model):
-    detector = Detector(mask_model, {1: "a", 2: "b", 6: "s", 7: "t"}, image_size=64, isthing=ISTHING)
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (48 + 8 * i, 70, 3), dtype=np.uint8))
-              for i in range(2)]
-    predictions = detector.predict(images, task="panoptic", threshold=0.0)
+ALL_NAMES = {i: f"class{i}" for i in range(9)}  # every class id the model can predict
+
+
+def random_images() -> list[Image.Image]:
+    return [Image.fromarray(np.random.default_rng(i).integers(0, 255, (48 + 8 * i, 70, 3), dtype=np.uint8))
+            for i in range(2)]
+
+
+def original_id_maps(detector: Detector, images: list[Image.Image], threshold: float) -> list[tuple[np.ndarray, list]]:
+    """The original's PostProcessPanoptic on the same batch: (id map 0, 1, … as it numbers them, segments_info)."""
     with torch.no_grad():
         samples = detector.batch(images)
-        outputs = mask_model(samples)
-    post = PostProcessPanoptic(panoptic_is_thing_map(9, ISTHING), threshold=0.0)
-    expected = post(outputs, samples.image_sizes, [(im.height, im.width) for im in images])
-    for prediction, original, image in zip(predictions, expected, images):
-        ids = rgb2id(np.asarray(Image.open(__import__("io").BytesIO(original["png_string"])).convert("RGB")))
+        outputs = detector.model(samples)
+    post = PostProcessPanoptic(panoptic_is_thing_map(9, ISTHING), threshold=threshold)
+    results = post(outputs, samples.image_sizes, [(im.height, im.width) for im in images])
+    return [(rgb2id(np.asarray(Image.open(io.BytesIO(r["png_string"])).convert("RGB"))), r["segments_info"])
+            for r in results]
+
+
+def test_detector_segments_as_the_original_post_processing(mask_model):
+    detector = Detector(mask_model, ALL_NAMES, image_size=64, isthing=ISTHING)
+    images = random_images()
+    predictions = detector.predict(images, task="panoptic", threshold=0.0)
+    for prediction, (ids, info), image in zip(predictions, original_id_maps(detector, images, 0.0), images):
         assert prediction.id_map.shape == (image.height, image.width) == ids.shape
         assert np.array_equal(prediction.id_map, ids + 1)  # COCO numbering: 0 is unlabelled
-        assert [(s["id"] + 1, s["category_id"], s["isthing"], s["area"]) for s in original["segments_info"]] == \
+        assert [(s["id"] + 1, s["category_id"], s["isthing"], s["area"]) for s in info] == \
                [(s["id"], s["category_id"], s["isthing"], s["area"]) for s in prediction.segments_info]
         assert len(prediction.segments) > 0
         assert rgb2id(np.asarray(prediction.png())).tolist() == prediction.id_map.tolist()
+        assert [s.name for s in prediction.segments] == [ALL_NAMES[s.category_id] for s in prediction.segments]
+        assert all(s.isthing == ISTHING.get(s.category_id, True) for s in prediction.segments)
     single = detector.predict(images[0], task="panoptic", threshold=0.0)
     assert np.array_equal(single.id_map, detector.predict([images[0]], task="panoptic", threshold=0.0)[0].id_map)
+
+
+def test_segments_of_unknown_categories_become_unlabelled(mask_model):
+    """Class ids that are none of the model's categories (ids its data never used) cannot be scored: their
+    segments are left out, their pixels unlabelled, and the other segments renumbered 1, 2, …"""
+    known = {1: "a", 2: "b", 6: "s", 7: "t"}
+    images = random_images()
+    predictions = Detector(mask_model, known, image_size=64, isthing=ISTHING).predict(images, task="panoptic",
+                                                                                      threshold=0.0)
+    dropped = 0
+    for prediction, (ids, info) in zip(predictions, original_id_maps(Detector(mask_model, image_size=64), images, 0.0)):
+        kept = [s for s in info if s["category_id"] in known]
+        dropped += len(info) - len(kept)
+        expected = np.zeros_like(ids)
+        for new_id, s in enumerate(kept, start=1):
+            expected[ids == s["id"]] = new_id
+        assert np.array_equal(prediction.id_map, expected)
+        assert [(s.category_id, s.area) for s in prediction.segments] == [(s["category_id"], s["area"]) for s in kept]
+    assert dropped > 0  # the case is exercised
 
 
 def test_panoptic_needs_a_mask_model_and_a_known_task(mask_model):
@@ -95,3 +130,34 @@ def test_cli_predict_panoptic_then_eval_the_files(mask_model, tmp_path, capsys):
                      "--results", str(out / "panoptic.json")]) == 0
     printed = capsys.readouterr().out
     assert "panoptic quality" in printed and "All" in printed and "Things" in printed and "Stuff" in printed
+
+
+def test_predicted_files_are_a_consistent_coco_panoptic_set(mask_model, tmp_path, capsys):
+    """Round trip: the predictions (PNGs + JSON), made a ground truth by adding the images, pass ``detr data check``
+    (areas = pixel counts, every PNG id listed and every listed id in its PNG, known categories, image sizes) and
+    score PQ = SQ = RQ = 1 against themselves."""
+    data = tmp_path / "data"
+    write_panoptic_folder(data, num_train=0, num_val=3, image_size=64)
+    gt = data / "annotations" / "panoptic_val.json"
+    checkpoint = tmp_path / "segm.pth"
+    cfg = DETRConfig(**MASK_MODEL, dataset_file="coco_panoptic", coco_path=str(data))
+    torch.save(checkpoint_dict(mask_model, None, None, 0, cfg, categories=ALL_NAMES, thing_ids=[1, 2, 3]), checkpoint)
+    out = tmp_path / "out"
+    assert cli_main(["predict", str(data / "images"), "--model", str(checkpoint), "--task", "panoptic", "--no_render",
+                     "--threshold", "0", "--output", str(out), "--annotations", str(gt), "--device", "cpu"]) == 0
+    predictions = json.loads((out / "panoptic.json").read_text())
+    assert sum(len(a["segments_info"]) for a in predictions["annotations"]) > 0
+    assert not (out / "images").exists()  # --no_render
+
+    as_truth = {"images": json.loads(gt.read_text())["images"], "categories": predictions["categories"],
+                "annotations": [{**a, "segments_info": [{**s, "iscrowd": 0} for s in a["segments_info"]]}
+                                for a in predictions["annotations"]]}
+    truth_file = tmp_path / "panoptic_truth.json"
+    truth_file.write_text(json.dumps(as_truth))
+    capsys.readouterr()
+    assert cli_main(["data", "check", str(truth_file), "--png_dir", str(out / "panoptic"),
+                     "--images", str(data / "images")]) == 0, capsys.readouterr().out
+    result = evaluate_panoptic_files(truth_file, out / "panoptic.json", out / "panoptic", out / "panoptic")
+    assert result.groups["All"]["pq"] == result.groups["All"]["sq"] == result.groups["All"]["rq"] == 1.0
+    assert result.groups["All"]["n"] == len({s["category_id"] for a in predictions["annotations"]
+                                              for s in a["segments_info"]})
