@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import DATA, require
 from torchdetr import DETRConfig, build_model
 from torchdetr.cli import main as cli_main
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder
@@ -161,3 +164,62 @@ def test_predicted_files_are_a_consistent_coco_panoptic_set(mask_model, tmp_path
     assert result.groups["All"]["pq"] == result.groups["All"]["sq"] == result.groups["All"]["rq"] == 1.0
     assert result.groups["All"]["n"] == len({s["category_id"] for a in predictions["annotations"]
                                               for s in a["segments_info"]})
+
+
+# ----------------------------------------------------------------------------------------------
+# The official panoptic models through the same commands (random weights in the hub cache, no download)
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def official_panoptic_hub(tmp_path_factory):
+    """``detr_resnet50_panoptic`` with random weights where the download would put it; downloading fails."""
+    from urllib.error import URLError
+
+    from torchdetr import hub
+
+    hub_dir = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    reference = hub.detr_resnet50_panoptic().eval()
+    with torch.no_grad():  # confident, varied classes so that segments survive the threshold
+        reference.detr.class_embed.weight.mul_(40.0)
+    (hub_dir / "checkpoints").mkdir()
+    torch.save({"model": reference.state_dict()}, hub_dir / "checkpoints" / Path(hub.OFFICIAL_MODELS[
+        "detr_resnet50_panoptic"].url).name)
+
+    def offline(*args, **kwargs):
+        raise URLError("no network in this test")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.hub, "download_url_to_file", offline)
+        patch.setattr(torch.hub, "get_dir", lambda: str(hub_dir))
+        yield reference
+
+
+def test_official_panoptic_model_predicts_coco_panoptic_files(official_panoptic_hub, tmp_path, capsys):
+    """``detr predict --model detr_resnet50_panoptic --task panoptic`` on the two real COCO images: the files use
+    COCO panoptic's categories (names and isthing as COCO's own JSON), and ``detr eval`` accepts them."""
+    sample = require(DATA / "coco_panoptic_sample")
+    gt = sample / "annotations" / "panoptic_examples.json"
+    coco = {c["id"]: c for c in json.loads(gt.read_text())["categories"]}
+
+    detector = Detector.from_pretrained("detr_resnet50_panoptic", device="cpu", image_size=96, max_size=160)
+    assert detector.category_names == {i: c["name"] for i, c in coco.items()}
+    image = Image.open(sample / "images" / "000000142238.jpg")
+    prediction = detector.predict(image, task="panoptic", threshold=0.0)
+    assert prediction.id_map.shape == (image.height, image.width) and len(prediction.segments) > 0
+    for segment in prediction.segments:  # the original's rule: ids up to 90 are things
+        assert segment.name == coco[segment.category_id]["name"]
+        assert segment.isthing == bool(coco[segment.category_id]["isthing"])
+        assert segment.area == int((prediction.id_map == segment.id).sum())
+
+    out = tmp_path / "out"
+    assert cli_main(["predict", str(sample / "images"), "--model", "detr_resnet50_panoptic", "--task", "panoptic",
+                     "--threshold", "0", "--image_size", "96", "--max_size", "160", "--annotations", str(gt),
+                     "--output", str(out), "--device", "cpu"]) == 0
+    written = json.loads((out / "panoptic.json").read_text())
+    assert {c["id"]: (c["name"], c["isthing"]) for c in written["categories"]} == \
+           {i: (c["name"], c["isthing"]) for i, c in coco.items()}
+    assert len(list((out / "images").iterdir())) == 2
+    capsys.readouterr()
+    assert cli_main(["eval", "--ann", str(gt), "--gt_png_dir", str(sample / "annotations" / "panoptic_examples"),
+                     "--results", str(out / "panoptic.json")]) == 0
+    assert "panoptic quality" in capsys.readouterr().out
