@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +209,8 @@ def test_official_panoptic_model_predicts_coco_panoptic_files(official_panoptic_
         assert segment.name == coco[segment.category_id]["name"]
         assert segment.isthing == bool(coco[segment.category_id]["isthing"])
         assert segment.area == int((prediction.id_map == segment.id).sum())
+        rows, cols = np.nonzero(prediction.id_map == segment.id)
+        assert segment.bbox == (cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
 
     out = tmp_path / "out"
     assert cli_main(["predict", str(sample / "images"), "--model", "detr_resnet50_panoptic", "--task", "panoptic",

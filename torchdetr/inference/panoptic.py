@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from torch import Tensor
 
 from ..models.build import PANOPTIC_THRESHOLD, panoptic_is_thing_map
@@ -29,13 +30,15 @@ __all__ = ["PANOPTIC_THRESHOLD", "PanopticPrediction", "PanopticSegment", "panop
 @dataclass(frozen=True)
 class PanopticSegment:
     """One segment: its ``id`` in the id map (1, 2, …), class id ``category_id`` and ``name``, whether the
-    class is a thing (else stuff), and its ``area`` in pixels of the input image."""
+    class is a thing (else stuff), its ``area`` in pixels of the input image and its ``bbox`` [x, y, width,
+    height] in pixels (COCO's: the pixels it covers, ``x + width`` is one past the last column)."""
 
     id: int
     category_id: int
     name: str
     isthing: bool
     area: int
+    bbox: tuple[int, int, int, int]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -52,8 +55,9 @@ class PanopticPrediction:
 
     @property
     def segments_info(self) -> list[dict[str, Any]]:
-        """The segments as COCO panoptic ``segments_info`` (``id``, ``category_id``, ``isthing``, ``area``)."""
-        return [{"id": s.id, "category_id": s.category_id, "isthing": s.isthing, "area": s.area} for s in self.segments]
+        """The segments as COCO panoptic ``segments_info`` (``id``, ``category_id``, ``isthing``, ``area``, ``bbox``)."""
+        return [{"id": s.id, "category_id": s.category_id, "isthing": s.isthing, "area": s.area, "bbox": list(s.bbox)}
+                for s in self.segments]
 
     def png(self) -> Image.Image:
         """The id map as a COCO panoptic PNG (RGB, id = R + 256·G + 256²·B)."""
@@ -88,8 +92,18 @@ def panoptic_from_outputs(
         lookup = np.zeros(len(result["segments_info"]) + 1, dtype=np.int64)  # the post-processor's ids are 0, 1, …
         lookup[[s["id"] for s in info]] = np.arange(1, len(info) + 1)
         id_map = lookup[np.minimum(ids, len(lookup) - 1)] if info else np.zeros_like(ids)
+        extents = ndimage.find_objects(id_map, max_label=len(info))  # per segment id: (rows, columns) slices
         segments = [PanopticSegment(id=k + 1, category_id=int(s["category_id"]),
                                     name=names.get(int(s["category_id"]), str(s["category_id"])),
-                                    isthing=bool(s["isthing"]), area=int(s["area"])) for k, s in enumerate(info)]
+                                    isthing=bool(s["isthing"]), area=int(s["area"]), bbox=_bbox(extents[k]))
+                    for k, s in enumerate(info)]
         predictions.append(PanopticPrediction(id_map=id_map, segments=segments))
     return predictions
+
+
+def _bbox(extent: tuple[slice, slice] | None) -> tuple[int, int, int, int]:
+    """COCO [x, y, width, height] of a segment's (rows, columns) slices; an empty segment (none is kept) → zeros."""
+    if extent is None:
+        return (0, 0, 0, 0)
+    rows, cols = extent
+    return (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
