@@ -128,8 +128,8 @@ def test_cli_predict_panoptic_then_eval_the_files(mask_model, tmp_path, capsys):
         assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in ann["segments_info"]}
     assert len(list((out / "images").iterdir())) == 4  # a picture for every input image
 
-    assert cli_main(["eval", "--ann", str(gt), "--gt_png_dir", str(data / "panoptic"),
-                     "--results", str(out / "panoptic.json")]) == 0
+    # the PNG folders by default: the ground truth's by the dataset layout (panoptic/), the predictions' beside the JSON
+    assert cli_main(["eval", "--ann", str(gt), "--results", str(out / "panoptic.json")]) == 0
     printed = capsys.readouterr().out
     assert "panoptic quality" in printed and "All" in printed and "Things" in printed and "Stuff" in printed
 

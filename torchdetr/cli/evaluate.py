@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ann", help="ground-truth COCO annotation file (mode 1; COCO panoptic JSON for PQ)")
     p.add_argument("--results", help="detections in COCO results format, or COCO panoptic predictions (mode 1)")
     p.add_argument("--gt_png_dir", metavar="DIR",
-                   help="mode 1, panoptic: the ground truth's segment PNGs (default: --ann's path without .json)")
+                   help="mode 1, panoptic: the ground truth's segment PNGs (default: --ann's path without .json, "
+                        "else the dataset layout's, e.g. panoptic/ beside annotations/)")
     p.add_argument("--results_png_dir", metavar="DIR",
                    help="mode 1, panoptic: the predicted segment PNGs (default: --results' path without .json)")
     p.add_argument("--iou_type", default="bbox", choices=("bbox", "segm"), help="mode 1: what to evaluate")

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from PIL import Image
 
 from ..data.io import load_segment_ids
+from ..data.layout import panoptic_png_dir_for
 from ..data.panoptic import PanopticCategory, PanopticImage, load_panoptic_json, panoptic_categories
 from ..errors import DataError, MissingFileError
 from ..structures import id2rgb, rgb2id
@@ -373,7 +374,9 @@ def evaluate_panoptic_files(
 ) -> PQResult:
     """PQ of COCO panoptic predictions (JSON + PNGs) against a COCO panoptic ground truth (JSON + PNGs), no model.
 
-    The PNG folders default to the JSON file's path without ``.json`` (as panopticapi). Every image of the
+    The predicted PNG folder defaults to the JSON file's path without ``.json`` (as panopticapi); the ground
+    truth's to the dataset layout rule (:func:`~torchdetr.data.layout.panoptic_png_dir_for`: that path first, then
+    e.g. the generic layout's ``panoptic/``). Every image of the
     ground truth's annotations is scored and must have a prediction; predictions of other images are refused.
 
     Raises:
@@ -384,7 +387,9 @@ def evaluate_panoptic_files(
     for what, path in (("annotation file", ann_file), ("results file", results_file)):
         if not path.is_file():
             raise MissingFileError(f"{what} not found: {path}")
-    gt_png_dir = Path(gt_png_dir) if gt_png_dir is not None else ann_file.with_suffix("")
+    if gt_png_dir is None:  # the dataset layout rule (its first candidate is panopticapi's rule)
+        gt_png_dir = panoptic_png_dir_for(ann_file) or ann_file.with_suffix("")
+    gt_png_dir = Path(gt_png_dir)
     results_png_dir = Path(results_png_dir) if results_png_dir is not None else results_file.with_suffix("")
     for what, folder in (("--gt_png_dir", gt_png_dir), ("--results_png_dir", results_png_dir)):
         if not folder.is_dir():
