@@ -69,7 +69,8 @@ def add_parser(subparsers) -> None:
                    help="COCO annotation file whose image ids (matched by file name) the JSON should use")
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
     p.add_argument("--max_size", type=int, help="longest side the model sees (default: the model's)")
-    p.add_argument("--no_render", action="store_true", help="write predictions.json only, no pictures")
+    p.add_argument("--no_render", action="store_true",
+                   help="write the predictions only (predictions.json, or panoptic.json + panoptic/), no pictures")
     p.set_defaults(func=run)
 
 
