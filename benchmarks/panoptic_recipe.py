@@ -54,8 +54,9 @@ def timed_train(cfg: DETRConfig, threads: int) -> tuple[Any, float, float]:
     return result, time.perf_counter() - wall, (time.process_time() - cpu) / threads
 
 
-def draw_picture(checkpoint: Path, data: Path, out: Path) -> None:
-    """Panoptic predictions of the first validation images, side by side, as ``detr predict --task panoptic``."""
+def draw_picture(checkpoint: Path, data: Path, out: Path, threshold: float | None = None) -> None:
+    """Panoptic predictions of the first validation images, side by side, as ``detr predict --task panoptic``
+    (``threshold``: default the original's 0.85)."""
     from PIL import Image
 
     from torchdetr.inference.detector import Detector
@@ -67,7 +68,7 @@ def draw_picture(checkpoint: Path, data: Path, out: Path) -> None:
     images = [im.resize((im.width * PICTURE_UPSCALE, im.height * PICTURE_UPSCALE), Image.Resampling.NEAREST)
               for im in images]
     drawn = [draw_panoptic(im, p.id_map, p.segments_info, {s.category_id: s.name for s in p.segments})
-             for im, p in zip(images, detector.predict(images, task="panoptic"))]
+             for im, p in zip(images, detector.predict(images, task="panoptic", threshold=threshold))]
     canvas = Image.new("RGB", (sum(d.width for d in drawn) + 4 * (len(drawn) - 1), max(d.height for d in drawn)), "white")
     x = 0
     for d in drawn:
@@ -79,14 +80,15 @@ def draw_picture(checkpoint: Path, data: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_train", type=int, default=64)
-    parser.add_argument("--num_val", type=int, default=16)
+    parser.add_argument("--num_train", type=int, default=320)
+    parser.add_argument("--num_val", type=int, default=40)
     parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--box_epochs", type=int, default=15)
-    parser.add_argument("--mask_epochs", type=int, default=5)
+    parser.add_argument("--box_epochs", type=int, default=10)
+    parser.add_argument("--mask_epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", help="folder for the data and the runs (default: a temporary one, removed)")
     parser.add_argument("--picture", help="also draw validation predictions to this PNG")
+    parser.add_argument("--picture_threshold", type=float, help="score threshold of the picture (default 0.85)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="panoptic_recipe_"))
@@ -103,7 +105,7 @@ def main() -> None:
         masks, mask_wall, mask_cpu = timed_train(mask_cfg, args.threads)
         box_row, mask_row = boxes.history[-1], masks.history[-1]
         if args.picture:
-            draw_picture(work / "segm" / "checkpoint.pth", data, Path(args.picture))
+            draw_picture(work / "segm" / "checkpoint.pth", data, Path(args.picture), args.picture_threshold)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
