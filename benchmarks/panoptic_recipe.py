@@ -80,11 +80,11 @@ def draw_picture(checkpoint: Path, data: Path, out: Path, threshold: float | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_train", type=int, default=320)
-    parser.add_argument("--num_val", type=int, default=40)
+    parser.add_argument("--num_train", type=int, default=64)
+    parser.add_argument("--num_val", type=int, default=16)
     parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--box_epochs", type=int, default=10)
-    parser.add_argument("--mask_epochs", type=int, default=2)
+    parser.add_argument("--box_epochs", type=int, default=15)
+    parser.add_argument("--mask_epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", help="folder for the data and the runs (default: a temporary one, removed)")
     parser.add_argument("--picture", help="also draw validation predictions to this PNG")
