@@ -55,25 +55,36 @@ def timed_train(cfg: DETRConfig, threads: int) -> tuple[Any, float, float]:
 
 
 def draw_picture(checkpoint: Path, data: Path, out: Path, threshold: float | None = None) -> None:
-    """Panoptic predictions of the first validation images, side by side, as ``detr predict --task panoptic``
-    (``threshold``: default the original's 0.85)."""
+    """The first validation images drawn by ``detr predict --task panoptic``'s renderer: their ground truth (top
+    row) and the model's panoptic predictions (bottom row; ``threshold``: default the original's 0.85)."""
+    import numpy as np
     from PIL import Image
 
+    from torchdetr.data.io import load_segment_ids
     from torchdetr.inference.detector import Detector
     from torchdetr.viz.panoptic import draw_panoptic
 
+    truth = json.loads((data / "annotations" / "panoptic_val.json").read_text())
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    things = {c["id"] for c in truth["categories"] if c["isthing"]}
+    annotations = sorted(truth["annotations"], key=lambda a: a["file_name"])[:PICTURE_IMAGES]
+
+    def upscale(array: np.ndarray) -> np.ndarray:
+        return array.repeat(PICTURE_UPSCALE, 0).repeat(PICTURE_UPSCALE, 1)
+
+    images = [Image.fromarray(upscale(np.asarray(Image.open(data / "images" / a["file_name"]).convert("RGB"))))
+              for a in annotations]
+    rows = [[draw_panoptic(im, upscale(load_segment_ids(data / "panoptic" / a["file_name"])),
+                           [{**s, "isthing": s["category_id"] in things} for s in a["segments_info"]], names)
+             for im, a in zip(images, annotations)]]
     detector = Detector.from_pretrained(str(checkpoint), device="cpu")
-    files = sorted((data / "images").glob("val_*.png"))[:PICTURE_IMAGES]
-    images = [Image.open(f).convert("RGB") for f in files]
-    images = [im.resize((im.width * PICTURE_UPSCALE, im.height * PICTURE_UPSCALE), Image.Resampling.NEAREST)
-              for im in images]
-    drawn = [draw_panoptic(im, p.id_map, p.segments_info, {s.category_id: s.name for s in p.segments})
-             for im, p in zip(images, detector.predict(images, task="panoptic", threshold=threshold))]
-    canvas = Image.new("RGB", (sum(d.width for d in drawn) + 4 * (len(drawn) - 1), max(d.height for d in drawn)), "white")
-    x = 0
-    for d in drawn:
-        canvas.paste(d, (x, 0))
-        x += d.width + 4
+    rows.append([draw_panoptic(im, p.id_map, p.segments_info, names)
+                 for im, p in zip(images, detector.predict(images, task="panoptic", threshold=threshold))])
+    gap, side = 4, images[0].width
+    canvas = Image.new("RGB", (len(images) * (side + gap) - gap, len(rows) * (side + gap) - gap), "white")
+    for r, row in enumerate(rows):
+        for c, drawn in enumerate(row):
+            canvas.paste(drawn, (c * (side + gap), r * (side + gap)))
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out, optimize=True)
 
