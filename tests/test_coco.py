@@ -301,7 +301,7 @@ def test_build_dataset_coco_branch(generic_root):
     assert min(image.shape[-2:]) <= 32 and target["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="--coco_path"):
         build_dataset("train", DETRConfig(dataset_file="coco"))
-    with pytest.raises(ValueError, match="'coco_panoptic'"):
+    with pytest.raises(ValueError, match="--coco_path is required with --dataset_file coco_panoptic"):
         build_dataset("train", DETRConfig(dataset_file="coco_panoptic"))
     with pytest.raises(FileNotFoundError, match="instances_val"):
         build_dataset("val", cfg)

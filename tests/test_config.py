@@ -217,7 +217,7 @@ def test_flags_take_their_types_from_the_fields():
 
 
 @pytest.mark.parametrize("flags", [["--epochs", "3.5"], ["--lr", "fast"], ["--eval", "maybe"], ["--backbone", "vgg16"],
-                                   ["--dataset_file", "coco_panoptic"]])
+                                   ["--dataset_file", "voc"]])
 def test_bad_flag_values_are_refused_by_the_parser(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(flags)
@@ -253,7 +253,7 @@ def test_json_values_are_coerced_too(tmp_path):
     ("eval: maybe\n", "eval", "'maybe'"),
     ("lr: [1, 2]\n", "lr", "[1, 2]"),
     ("backbone: vgg16\n", "backbone", "'vgg16'"),
-    ("dataset_file: coco_panoptic\n", "dataset_file", "'coco_panoptic'"),
+    ("dataset_file: voc\n", "dataset_file", "'voc'"),
     ("epochs: 0\n", "epochs", "0"),
     ("device: gpu\n", "device", "'gpu'"),
     ("seed: 1.5\n", "seed", "1.5"),
@@ -383,7 +383,7 @@ def _fields_read_by_properties() -> dict[str, set[str]]:
 
 def test_every_option_is_read_somewhere_or_is_a_listed_compatibility_option():
     compat = {f.name for f in dataclasses.fields(DETRConfig) if f.metadata["compat"]}
-    assert compat == {"coco_panoptic_path", "remove_difficult", "world_size"}  # each tested below
+    assert compat == {"remove_difficult", "world_size"}  # each tested below
     unread = {f.name for f in dataclasses.fields(DETRConfig)} - _attributes_read_outside_config() - compat
     assert not unread, f"options accepted but read by no module: {sorted(unread)}"
 
@@ -410,10 +410,10 @@ def test_remove_difficult_warns_that_it_has_no_effect(caplog):
     assert "remove_difficult" not in caplog.text
 
 
-def test_panoptic_data_options_are_refused_until_panoptic_datasets_exist(capsys):
-    assert DETRConfig(dataset_file="coco_panoptic").dataset_file == "coco_panoptic"  # official panoptic models
-    with pytest.raises(ConfigError, match="--coco_panoptic_path"):
+def test_panoptic_data_options(capsys):
+    assert DETRConfig(dataset_file="coco_panoptic").dataset_file == "coco_panoptic"
+    cfg = config_from_args(_parser().parse_args(["--dataset_file", "coco_panoptic", "--coco_panoptic_path", "/data/pan"]))
+    assert (cfg.dataset_file, cfg.coco_panoptic_path) == ("coco_panoptic", "/data/pan")
+    with pytest.raises(ConfigError, match="--coco_panoptic_path '/data/panoptic' is read with --dataset_file coco_panoptic"):
         config_from_args(_parser().parse_args(["--coco_panoptic_path", "/data/panoptic"]))
-    with pytest.raises(SystemExit):
-        _parser().parse_args(["--dataset_file", "coco_panoptic"])
-    assert "{coco,synthetic}" in _parser().format_help()
+    assert "{coco,coco_panoptic,synthetic}" in _parser().format_help()

@@ -64,6 +64,23 @@ def test_backbone_frozen_when_lr_backbone_not_positive():
     assert trainable == {"layer2", "layer3", "layer4"}
 
 
+def test_a_frozen_detector_keeps_its_batch_norm_statistics():
+    """--masks --frozen_weights with --backbone_norm batch: only the mask head learns, and the detector's running
+    statistics stay those of its checkpoint while the mask head trains."""
+    from torchdetr.models.build import build_detector
+    from torchdetr.models.segmentation import DETRsegm
+
+    cfg = DETRConfig(**{**TINY, "backbone_norm": "batch", "hidden_dim": 128, "nheads": 8, "masks": True})
+    model = DETRsegm(build_detector(cfg).detr, freeze_detr=True).train()
+    norms = [m for m in model.detr.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms) and model.mask_head.training
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.rand(2, 3, 64, 64))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    learning = DETRsegm(build_detector(cfg).detr).train()  # not frozen: they learn
+    assert all(m.training for m in learning.detr.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_model_accepts_nested_tensor_list_and_batch_tensor():
     torch.manual_seed(0)
     model, _, _ = build_model(DETRConfig(**TINY))
@@ -211,7 +228,10 @@ def test_official_model_metadata():
     for spec in hub.OFFICIAL_MODELS.values():
         # the file name's suffix is the sha256 prefix that check_hash verifies
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/detr/") and spec.url.endswith(".pth")
-        assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush" and len(spec.categories) == 80
+        assert spec.categories[1] == "person" and spec.categories[90] == "toothbrush"
+        # the panoptic models know COCO panoptic's 53 stuff classes too (ids 92-200, names of the sample's file)
+        assert len(spec.categories) == (133 if spec.masks else 80)
+        assert (spec.categories.get(200) == "rug-merged") == spec.masks
     assert hub.OFFICIAL_MODELS["detr_resnet101_dc5"].dilation and not hub.OFFICIAL_MODELS["detr_resnet101"].dilation
 
 

@@ -1,4 +1,5 @@
-"""Category metadata: the COCO 2017 detection ids (1..90, with gaps) and their names."""
+"""Category metadata: the COCO 2017 detection ids (1..90, with gaps) and their names, and the COCO
+panoptic categories (the 80 detection things plus 53 stuff classes, ids up to 200)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,25 @@ COCO_CATEGORY_NAMES: tuple[str, ...] = (
 )
 
 COCO_CATEGORIES: dict[int, str] = {i: name for i, name in enumerate(COCO_CATEGORY_NAMES) if name != "N/A"}
+
+
+# COCO panoptic 2017: the things are the 80 detection categories (same ids and names); these are the stuff.
+COCO_PANOPTIC_STUFF: dict[int, str] = {
+    92: "banner", 93: "blanket", 95: "bridge", 100: "cardboard", 107: "counter", 109: "curtain", 112: "door-stuff",
+    118: "floor-wood", 119: "flower", 122: "fruit", 125: "gravel", 128: "house", 130: "light", 133: "mirror-stuff",
+    138: "net", 141: "pillow", 144: "platform", 145: "playingfield", 147: "railroad", 148: "river", 149: "road",
+    151: "roof", 154: "sand", 155: "sea", 156: "shelf", 159: "snow", 161: "stairs", 166: "tent", 168: "towel",
+    171: "wall-brick", 175: "wall-stone", 176: "wall-tile", 177: "wall-wood", 178: "water-other",
+    180: "window-blind", 181: "window-other", 184: "tree-merged", 185: "fence-merged", 186: "ceiling-merged",
+    187: "sky-other-merged", 188: "cabinet-merged", 189: "table-merged", 190: "floor-other-merged",
+    191: "pavement-merged", 192: "mountain-merged", 193: "grass-merged", 194: "dirt-merged", 195: "paper-merged",
+    196: "food-other-merged", 197: "building-other-merged", 198: "rock-merged", 199: "wall-other-merged",
+    200: "rug-merged",
+}
+COCO_PANOPTIC_CATEGORIES: dict[int, str] = {**COCO_CATEGORIES, **COCO_PANOPTIC_STUFF}
+COCO_PANOPTIC_THING_IDS: frozenset[int] = frozenset(COCO_CATEGORIES)
+# The class head of the original's panoptic models (``main.py``: 250 for coco_panoptic; only ids <= 200 are used).
+COCO_PANOPTIC_NUM_CLASSES = 250
 
 
 def category_names_from_coco(categories: list[dict]) -> dict[int, str]:

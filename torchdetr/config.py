@@ -188,13 +188,13 @@ class DETRConfig(ModelConfig):
 
     # --- data (original main.py, then torchdetr's) ---
     dataset_file: str = _option(
-        "coco", "dataset kind: coco (a COCO-format folder) or synthetic (shapes generated in memory); panoptic "
-        "datasets are not supported yet", "data",
-        choices=("coco", "coco_panoptic", "synthetic"), offered=("coco", "synthetic"))
+        "coco", "dataset kind: coco (a COCO-format folder), coco_panoptic (a COCO panoptic folder: images in "
+        "--coco_path, panoptic files in --coco_panoptic_path, default the same) or synthetic (shapes generated in "
+        "memory)", "data", choices=("coco", "coco_panoptic", "synthetic"))
     coco_path: str | None = _option(None, "COCO-format dataset folder (COCO 2017 or generic layout)", "data")
     coco_panoptic_path: str | None = _option(
-        None, "COCO panoptic folder: only with --dataset_file coco_panoptic (panoptic datasets are not supported yet)",
-        "data", compat="refused by validate() unless dataset_file is coco_panoptic (which users cannot choose yet)")
+        None, "COCO panoptic folder (annotations/panoptic_*.json and the segment PNGs), with --dataset_file "
+        "coco_panoptic; default: --coco_path", "data")
     remove_difficult: bool = _option(
         False, "no effect, accepted for compatibility: the original main.py ignores it too (COCO marks no "
         "'difficult' objects)", "data", compat="no effect, as in the original; config_from_args warns when it is set")
@@ -309,8 +309,8 @@ class DETRConfig(ModelConfig):
         if self.resume == RESUME_AUTO and self.overwrite:
             raise ConfigError("--resume auto continues the run in --output_dir, --overwrite replaces it: choose one")
         if self.coco_panoptic_path is not None and self.dataset_file != "coco_panoptic":
-            raise ConfigError(f"--coco_panoptic_path {self.coco_panoptic_path!r}: panoptic datasets are not supported "
-                              f"yet (the option is read with --dataset_file coco_panoptic, not {self.dataset_file})")
+            raise ConfigError(f"--coco_panoptic_path {self.coco_panoptic_path!r} is read with --dataset_file coco_panoptic, "
+                              f"not {self.dataset_file}")
         if self.frozen_weights is not None and not self.masks:
             raise ConfigError(f"--frozen_weights {self.frozen_weights!r} is only for segmentation training (--masks)")
         if self.masks and (self.num_groups > 1 or self.dn_groups > 0 or self.dense_head):

@@ -1,10 +1,12 @@
-"""Padded batches: a batch of images of different sizes as one tensor plus a padding mask."""
+"""Padded batches (a batch of images of different sizes as one tensor plus a padding mask), and the
+COCO panoptic id-map encoding (a segment id stored as the colour of its pixels in a PNG)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,3 +85,25 @@ def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Neste
     """DataLoader collate: list of (image [3,H,W], target) → (NestedTensor, list of targets)."""
     images, targets = zip(*batch)
     return nested_tensor_from_tensor_list(list(images)), list(targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO panoptic PNGs: segment id = R + 256·G + 256²·B
+# ----------------------------------------------------------------------------------------------
+RGB_BASE = 256
+
+
+def id2rgb(id_map: np.ndarray) -> np.ndarray:
+    """Panoptic id map [H, W] (non-negative ints) → RGB [H, W, 3] uint8 with id = R + 256·G + 256²·B."""
+    id_map = np.asarray(id_map).astype(np.int64, copy=True)
+    rgb = np.zeros((*id_map.shape, 3), dtype=np.uint8)
+    for i in range(3):
+        rgb[..., i] = id_map % RGB_BASE
+        id_map //= RGB_BASE
+    return rgb
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] → id map [H, W] int64 (the inverse of :func:`id2rgb`)."""
+    rgb = np.asarray(rgb).astype(np.int64)
+    return rgb[..., 0] + RGB_BASE * rgb[..., 1] + RGB_BASE * RGB_BASE * rgb[..., 2]

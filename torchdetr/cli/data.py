@@ -42,9 +42,11 @@ def add_parser(subparsers) -> None:
     k = sub.add_parser("check", help="find problems that would make training crash or silently wrong",
                        description="Check a COCO dataset folder (generic or COCO 2017 layout) or one annotation file. "
                                    "Exit code 1 when there are errors, 0 when there are only warnings.")
-    k.add_argument("path", metavar="DIR_OR_ANN", help="dataset folder or instances_*.json file")
+    k.add_argument("path", metavar="DIR_OR_ANN", help="dataset folder, or instances_*.json / panoptic_*.json file")
     k.add_argument("--images", metavar="DIR", help="image folder of an annotation file (default: guessed from the layout)")
-    k.add_argument("--no_images", action="store_true", help="do not open the image files (faster)")
+    k.add_argument("--png_dir", metavar="DIR",
+                   help="segment PNG folder of a panoptic annotation file (default: guessed from the layout)")
+    k.add_argument("--no_images", action="store_true", help="do not open the image files nor the segment PNGs (faster)")
     k.add_argument("--full", action="store_true",
                    help="decode every image with the training loader (slower; finds truncated files and pixel values "
                         "it refuses, such as NaN) instead of reading headers only")
@@ -75,13 +77,17 @@ def add_parser(subparsers) -> None:
     v.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     v.set_defaults(func=run_preview)
 
-    y = sub.add_parser("synth", help="write a synthetic shapes dataset in the generic COCO layout")
+    y = sub.add_parser("synth", help="write a synthetic shapes dataset in the generic COCO layout",
+                       description="Write synthetic shapes on a cluttered background (detection), or, with --panoptic, "
+                                   "shapes (things) on background bands (stuff) with segment PNGs (COCO panoptic).")
     y.add_argument("--out", required=True, help="output folder")
     y.add_argument("--num_train", type=int, default=2000, help="training images (default %(default)s)")
     y.add_argument("--num_val", type=int, default=200, help="validation images (default %(default)s)")
     y.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     y.add_argument("--image_size", type=int, default=None, help="image side in pixels (default: the generator's)")
     y.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (files of the same names are replaced)")
+    y.add_argument("--panoptic", action="store_true",
+                   help="write a panoptic dataset: images/, panoptic/ (segment PNGs), annotations/panoptic_{train,val}.json")
     y.set_defaults(func=run_synth)
 
 
@@ -113,7 +119,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..data.check import check_coco_folder, check_dataset
+    from ..data.check import check_coco_folder, check_panoptic_dataset
+    from ..data.layout import split_name
 
     if args.full and args.no_images:
         raise ConfigError("--full decodes the images, --no_images opens none: choose one")
@@ -121,10 +128,11 @@ def run_check(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_file():
         images = Path(args.images) if args.images else None
-        reports = {path.stem.removeprefix("instances_"): check_dataset(path, images, check_images=images_mode)}
+        png_dir = Path(args.png_dir) if args.png_dir else None
+        reports = {split_name(path): check_panoptic_dataset(path, png_dir, images, check_images=images_mode)}
     else:
-        if args.images:
-            raise ConfigError("--images applies to a single annotation file, not to a dataset folder")
+        if args.images or args.png_dir:
+            raise ConfigError("--images / --png_dir apply to a single annotation file, not to a dataset folder")
         reports = check_coco_folder(path, check_images=images_mode)
     if args.json:
         refuse_inputs(args.json, [p for r in reports.values() for p in (r.ann_file, r.images_dir)], what=f"--json {args.json}")
@@ -154,6 +162,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
     from ..data.synthetic import write_coco_folder
+    from ..data.synthetic_panoptic import write_panoptic_folder
 
     for flag in ("num_train", "num_val", "image_size"):
         value = getattr(args, flag)
@@ -161,8 +170,10 @@ def run_synth(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag} must be {'positive' if flag == 'image_size' else '>= 0'}, got {value}")
     refuse_non_empty_folder(args.out, what=f"--out {args.out}", overwrite=args.overwrite)
     extra = {"image_size": args.image_size} if args.image_size is not None else {}
-    out = write_coco_folder(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, **extra)
-    print(f"synthetic dataset written to {out} ({args.num_train} train, {args.num_val} val images)")
+    write = write_panoptic_folder if args.panoptic else write_coco_folder
+    out = write(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, **extra)
+    kind = "synthetic panoptic dataset" if args.panoptic else "synthetic dataset"
+    print(f"{kind} written to {out} ({args.num_train} train, {args.num_val} val images)")
     print(f"next: detr data check {out}")
     return 0
 

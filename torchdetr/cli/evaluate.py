@@ -1,4 +1,5 @@
-"""``detr eval``: COCO AP of a model on a dataset, or of a detections file against its ground truth."""
+"""``detr eval``: COCO AP (and PQ) of a model on a dataset, or of a detections / panoptic predictions file
+against its ground truth."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a model (COCO AP, per-class AP) or a detections file",
-        description="Two modes. (1) --ann GT.json --results DETS.json: evaluate a COCO results file, no model. "
-        "(2) --model NAME_OR_CKPT (or --resume CKPT) with --coco_path DIR / --dataset_file: run the model on the "
-        "validation split and evaluate it; the architecture is read from the checkpoint.",
+        help="evaluate a model (COCO AP, per-class AP, PQ) or a detections / panoptic predictions file",
+        description="Two modes. (1) --ann GT.json --results DETS.json: evaluate a COCO results file, no model; with a "
+        "COCO panoptic ground truth (--gt_png_dir, --results_png_dir, or an annotation file named panoptic_*.json), "
+        "panoptic quality (PQ, SQ, RQ) of COCO panoptic predictions (JSON + PNGs). (2) --model NAME_OR_CKPT (or "
+        "--resume CKPT) with --coco_path DIR / --dataset_file: run the model on the validation split and evaluate "
+        "it; the architecture is read from the checkpoint.",
     )
-    p.add_argument("--ann", help="ground-truth COCO annotation file (mode 1)")
-    p.add_argument("--results", help="detections in COCO results format (mode 1)")
+    p.add_argument("--ann", help="ground-truth COCO annotation file (mode 1; COCO panoptic JSON for PQ)")
+    p.add_argument("--results", help="detections in COCO results format, or COCO panoptic predictions (mode 1)")
+    p.add_argument("--gt_png_dir", metavar="DIR",
+                   help="mode 1, panoptic: the ground truth's segment PNGs (default: --ann's path without .json, "
+                        "else the dataset layout's, e.g. panoptic/ beside annotations/)")
+    p.add_argument("--results_png_dir", metavar="DIR",
+                   help="mode 1, panoptic: the predicted segment PNGs (default: --results' path without .json)")
     p.add_argument("--iou_type", default="bbox", choices=("bbox", "segm"), help="mode 1: what to evaluate")
     p.add_argument("--ignore_unknown_categories", action="store_true",
                    help="mode 1: skip detections whose category id is not in the ground truth (counted) instead of failing")
@@ -54,8 +62,23 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--precision applies to evaluating a model (--model), not a detections file")
         if not (args.ann and args.results):
             raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
+        if args.gt_png_dir or args.results_png_dir or Path(args.ann).name.startswith("panoptic_"):
+            return _evaluate_panoptic_file(args)
         return _evaluate_file(args)
+    if args.gt_png_dir or args.results_png_dir:
+        raise ConfigError("--gt_png_dir / --results_png_dir go with --ann and --results (panoptic predictions files)")
     return _evaluate_model(args)
+
+
+def _evaluate_panoptic_file(args: argparse.Namespace) -> int:
+    from ..evaluation.panoptic import evaluate_panoptic_files
+    from ..evaluation.tables import format_pq_per_class_table, format_pq_table
+
+    result = evaluate_panoptic_files(args.ann, args.results, args.gt_png_dir, args.results_png_dir)
+    print(f"panoptic quality of {args.results} on {result.num_images} images")
+    print(format_pq_table(result.groups))
+    print(format_pq_per_class_table([r for r in result.per_class if r["tp"] + r["fp"] + r["fn"]]))
+    return 0
 
 
 def _evaluate_file(args: argparse.Namespace) -> int:

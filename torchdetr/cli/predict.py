@@ -1,9 +1,12 @@
 """``detr predict``: detect objects in images → ``predictions.json`` (COCO results) + rendered pictures;
 in videos, streams and cameras → ``NAME.mp4`` + ``NAME.jsonl`` per video (``cli/video_outputs.py``).
+with ``--task panoptic`` (mask models), segment them → ``panoptic.json`` + ``panoptic/*.png`` (COCO panoptic
+predictions) + coloured pictures with class names.
 
 Directories are walked (recursively) for image and video files; files that cannot be read are reported and
 skipped. Image ids are 1, 2, … in the listed order, or taken from a COCO annotation file
-(``--annotations``) by file name, so that the JSON can be evaluated against that dataset.
+(``--annotations``) by file name, so that the JSON can be evaluated against that dataset
+(``detr eval --ann GT.json --results OUTPUT/predictions.json``, or ``--results OUTPUT/panoptic.json``).
 
 ``--output`` never touches an input: a pictures folder that is, holds or lies inside an input folder (or
 image) is refused, and so is an earlier prediction in ``--output`` unless ``--overwrite``
@@ -47,6 +50,9 @@ PICTURE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})  # kept for rendered pic
 JPEG_QUALITY = 90
 PREDICTIONS_FILE = "predictions.json"
 PICTURES_DIR = "images"
+PANOPTIC_FILE = "panoptic.json"  # COCO panoptic predictions; the PNGs in the folder of the same name (panopticapi's rule)
+PANOPTIC_DIR = "panoptic"
+DETECTION_THRESHOLD = 0.7  # the original notebook's
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,14 @@ class ImageFile:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="detect objects in images and videos: predictions.json + pictures, NAME.mp4 + NAME.jsonl",
+        "predict", help="detect objects in images and videos (predictions.json + pictures, NAME.mp4 + NAME.jsonl), "
+                        "or segment images (--task panoptic)",
         description="Detect objects in images: predictions.json (COCO results format, with file_name) and one "
                     "picture per image with boxes, class names and scores. Videos, streams and cameras: NAME.mp4 "
-                    "with boxes drawn and NAME.jsonl with one line per frame. Folders are searched recursively; "
-                    "unreadable files are reported and skipped.",
+                    "with boxes drawn and NAME.jsonl with one line per frame. With --task panoptic (mask models: "
+                    "detr_resnet50_panoptic, … or a checkpoint trained with --masks): panoptic.json + panoptic/*.png "
+                    "(COCO panoptic format) and pictures with coloured segments and class names. Folders are searched "
+                    "recursively; unreadable files are reported and skipped.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, video files, folders of them, stream URLs (rtsp://, http://…) or camera indices (0, 1…)")
@@ -72,9 +81,13 @@ def add_parser(subparsers) -> None:
                    help="run this exported model (from detr export) instead of --model: ONNX or INT8 .onnx with "
                         "onnxruntime, OpenVINO .xml with OpenVINO; class names and image size come from the file")
     p.add_argument("--output", required=True, metavar="DIR",
-                   help="folder for predictions.json and images/ (and NAME.mp4 + NAME.jsonl per video)")
-    p.add_argument("--threshold", type=float, default=0.7,
-                   help="keep queries whose best class probability exceeds this (default 0.7; 0 keeps all, for COCO AP)")
+                   help="folder for predictions.json (panoptic: panoptic.json, panoptic/) and images/ "
+                        "(and NAME.mp4 + NAME.jsonl per video)")
+    p.add_argument("--task", default="detection", choices=("detection", "panoptic"),
+                   help="detection (boxes) or panoptic (every pixel to a thing or stuff segment; mask models)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="keep queries whose best class probability exceeds this (default 0.7 for detection, 0 keeps "
+                        "all, for COCO AP; 0.85 for panoptic, the original's)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS, help=f"--model only. {PRECISION_HELP}")
@@ -82,7 +95,8 @@ def add_parser(subparsers) -> None:
                    help="COCO annotation file whose image ids (matched by file name) the JSON should use")
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
     p.add_argument("--max_size", type=int, help="longest side the model sees (default: the model's)")
-    p.add_argument("--no_render", action="store_true", help="write predictions.json only, no pictures")
+    p.add_argument("--no_render", action="store_true",
+                   help="write the predictions only (predictions.json, or panoptic.json + panoptic/), no pictures")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the predictions.json and pictures of an earlier prediction in --output")
     add_tiling_arguments(p)
@@ -135,8 +149,8 @@ def assign_image_ids(files: Sequence[ImageFile], annotations: str | Path | None)
     resolved = [ids.get(f.name, ids.get(f.path.name)) for f in files]
     missing = [f.name for f, i in zip(files, resolved) if i is None]
     if missing:
-        log.warning("%d image(s) are not in %s and are left out of %s: %s", len(missing), annotations,
-                    PREDICTIONS_FILE, ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
+        log.warning("%d image(s) are not in %s and are left out of the predictions file: %s", len(missing),
+                    annotations, ", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
     return resolved
 
 
@@ -177,8 +191,8 @@ def _load_detector(args: argparse.Namespace) -> Detector:
 
     if bool(args.model) == bool(args.onnx):
         raise ConfigError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
-    options = dict(threshold=args.threshold, image_size=args.image_size, max_size=args.max_size,
-                   batch_size=args.batch_size)
+    options = dict(threshold=args.threshold if args.task == "detection" else DETECTION_THRESHOLD,
+                   image_size=args.image_size, max_size=args.max_size, batch_size=args.batch_size)
     if args.onnx:
         if args.precision != FAITHFUL:
             raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
@@ -192,11 +206,15 @@ def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     output = Path(args.output)
     what = f"--output {output}"
     inputs = [*args.inputs, args.model, args.onnx, args.annotations]
-    refuse_inputs(output / PREDICTIONS_FILE, inputs, what=f"{what} (its {PREDICTIONS_FILE})")
+    results = PANOPTIC_FILE if args.task == "panoptic" else PREDICTIONS_FILE
+    refuse_inputs(output / results, inputs, what=f"{what} (its {results})")
     pictures = output / PICTURES_DIR
-    if not args.no_render:
-        refuse_inputs(pictures, inputs, what=f"{what} (its pictures folder {pictures})", folder=True)
-    refuse_earlier_work([output / PREDICTIONS_FILE, pictures], what=what, overwrite=args.overwrite)
+    folders = [pictures] if not args.no_render else []
+    if args.task == "panoptic":
+        folders.append(output / PANOPTIC_DIR)
+    for folder in folders:
+        refuse_inputs(folder, inputs, what=f"{what} (its folder {folder})", folder=True)
+    refuse_earlier_work([output / results, *folders], what=what, overwrite=args.overwrite)
     if output.exists() and not output.is_dir():
         raise OutputError(f"{what} is a file, not a folder: choose a folder")
     return output, pictures
@@ -226,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be positive, got {args.batch_size}")
+    if args.threshold is None:
+        from ..inference.panoptic import PANOPTIC_THRESHOLD
+
+        args.threshold = DETECTION_THRESHOLD if args.task == "detection" else PANOPTIC_THRESHOLD
     if not 0 <= args.threshold < 1:
         raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
     tiling = tiling_from_args(args)
@@ -235,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
     if not files and not sources:
         raise MissingFileError(f"no images or videos found in {', '.join(args.inputs)}")
     image_ids = assign_image_ids(files, args.annotations)
+    if args.task == "panoptic" and (sources or tiling is not None):
+        raise ConfigError("--task panoptic segments images: videos, streams and --tile are for --task detection")
     if files:
         output, pictures = check_outputs(args)
     load_detector = functools.cache(lambda: _load_detector(args))
@@ -243,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         if not files:
             return 0 if videos.frames else 1
     detector = load_detector()
+    if args.task == "panoptic":
+        return _run_panoptic(args, files, image_ids, detector)
     make_output_folder(pictures if not args.no_render else output, what=f"--output {output}")
 
     results: list[dict] = []
@@ -273,6 +299,63 @@ def run(args: argparse.Namespace) -> int:
     predictions = output / PREDICTIONS_FILE
     write_atomic(predictions, lambda f: f.write(json.dumps(results).encode()), what="predictions")
     print(f"{num_images} image(s), {num_detections} detection(s) above {args.threshold:g} → {predictions}"
+          + ("" if args.no_render else f"; pictures in {pictures}"))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")
+    return 0 if num_images else 1
+
+
+def _run_panoptic(args: argparse.Namespace, files: Sequence[ImageFile], image_ids: Sequence[int | None],
+                  detector: Detector) -> int:
+    """``--task panoptic``: COCO panoptic PNGs + JSON, and pictures with coloured, named segments."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..inference.detector import to_pil_image
+    from ..models.build import COCO_THING_MAX_ID
+    from ..viz.panoptic import draw_panoptic
+
+    output = Path(args.output)
+    pictures, pngs = output / PICTURES_DIR, output / PANOPTIC_DIR
+    make_output_folder(pngs, what=f"--output {output}")
+    annotations: list[dict] = []
+    skipped: list[str] = []
+    used_pictures: set[str] = set()
+    used_pngs: set[str] = set()
+    num_segments = num_images = 0
+    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
+    for start in range(0, len(files), args.batch_size):
+        chunk, images = [], []
+        for index in range(start, min(start + args.batch_size, len(files))):
+            try:
+                images.append(to_pil_image(files[index].path))
+                chunk.append(index)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append(files[index].name)
+                progress.write(f"skipped: {err}")
+        if images:
+            for index, image, prediction in zip(chunk, images, detector.segment(images, args.threshold)):
+                num_images += 1
+                num_segments += len(prediction.segments)
+                png_name = picture_name(Path(files[index].name).with_suffix(".png").as_posix(), used_pngs)
+                save_picture(prediction.png(), pngs / png_name)
+                if image_ids[index] is not None:
+                    annotations.append({"image_id": image_ids[index], "file_name": png_name,
+                                        "segments_info": prediction.segments_info})
+                if not args.no_render:
+                    names = {s.category_id: s.name for s in prediction.segments}
+                    save_picture(draw_panoptic(image, prediction.id_map, prediction.segments_info, names),
+                                 pictures / picture_name(files[index].name, used_pictures))
+        progress.update(min(args.batch_size, len(files) - start))
+    progress.close()
+
+    isthing = detector.isthing or {}
+    categories = [{"id": cid, "name": name, "isthing": int(isthing.get(cid, cid <= COCO_THING_MAX_ID))}
+                  for cid, name in sorted(detector.category_names.items())]
+    predictions = output / PANOPTIC_FILE
+    content = json.dumps({"annotations": annotations, "categories": categories}).encode()
+    write_atomic(predictions, lambda f: f.write(content), what="predictions")
+    print(f"{num_images} image(s), {num_segments} segment(s) above {args.threshold:g} → {predictions} and {pngs}"
           + ("" if args.no_render else f"; pictures in {pictures}"))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")

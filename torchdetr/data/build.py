@@ -8,13 +8,14 @@ from ..config import DETRConfig
 from ..errors import ConfigError
 from .augment import augment_transforms
 from .coco import CocoDetection, get_coco_api
-from .layout import resolve_split
+from .layout import resolve_panoptic_split, resolve_split
+from .panoptic import CocoPanoptic
 from .synthetic import NATIVE_SIZE, SyntheticShapes, split_seed
 from .transforms import REFERENCE_SIZE, make_transforms, validation_size
 
 __all__ = ["DATASET_FILES", "build_dataset", "config_validation_size", "get_coco_api", "synthetic_image_size"]
 
-DATASET_FILES: tuple[str, ...] = ("coco", "synthetic")
+DATASET_FILES: tuple[str, ...] = ("coco", "coco_panoptic", "synthetic")
 
 
 def synthetic_image_size(cfg: DETRConfig) -> int:
@@ -42,6 +43,8 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
 
     - ``"coco"``: the folder ``cfg.coco_path`` in the COCO 2017 or the generic layout
       (:func:`.layout.resolve_split`), with masks when ``cfg.masks``.
+    - ``"coco_panoptic"``: the panoptic split of ``cfg.coco_panoptic_path`` (default ``cfg.coco_path``) with the
+      images of ``cfg.coco_path`` (:func:`.layout.resolve_panoptic_split`), masks when ``cfg.masks``.
     - ``"synthetic"``: ``cfg.num_train`` / ``cfg.num_val`` ``SyntheticShapes`` images with seed
       ``split_seed(cfg.seed, image_set)``, so train and val differ. When ``cfg.image_size`` is the
       default 800 the images, and the transform recipe, use the synthetic native size of 128 px.
@@ -57,6 +60,14 @@ def build_dataset(image_set: str, cfg: DETRConfig) -> Dataset:
         files = resolve_split(cfg.coco_path, image_set)
         transforms = _transforms(image_set, cfg.image_size, cfg)
         return CocoDetection(files.images_dir, files.ann_file, transforms=transforms, return_masks=cfg.masks)
+    if cfg.dataset_file == "coco_panoptic":
+        if not cfg.coco_path:
+            raise ConfigError("--coco_path is required with --dataset_file coco_panoptic (the image folder; the panoptic "
+                              "files are read from --coco_panoptic_path, by default the same folder)")
+        files = resolve_panoptic_split(cfg.coco_panoptic_path or cfg.coco_path, image_set, images_root=cfg.coco_path)
+        transforms = make_transforms(image_set, cfg.image_size, cfg.max_size, cfg.train_recipe)
+        return CocoPanoptic(files.images_dir, files.png_dir, files.ann_file, transforms=transforms,
+                            return_masks=cfg.masks)
     if cfg.dataset_file == "synthetic":
         image_size = synthetic_image_size(cfg)
         return SyntheticShapes(

@@ -20,6 +20,14 @@ module adds the image files (headers only, read by :mod:`.io`):
   :func:`.io.describe_mode`) → warning;
 
 and, over a dataset folder, ``split_overlap`` (the same picture in two splits) → warning.
+
+A COCO panoptic file (:func:`check_panoptic_dataset`; :func:`check_dataset` and :func:`check_coco_folder`
+recognise one) is checked by :func:`.validate.validate_coco_panoptic`, its images as above, and its segment
+PNGs (read whole: the ids are the pixels): ``missing_png``, ``unreadable_png``, ``png_size_mismatch`` (not the
+image's size), ``segment_not_in_json`` (a PNG id that ``segments_info`` does not list, and not 0 = void),
+``empty_segment`` (a listed segment without a pixel) → error; ``area_mismatch`` (``area`` is not the pixel
+count) → warning. Overlapping segments are those that share an id (``duplicate_segment_id``, from the
+validator): a PNG cannot hold anything else.
 """
 
 from __future__ import annotations
@@ -30,13 +38,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import DataError
-from .io import ImageHeader, UnreadableImageError, describe_mode, load_rgb_image, read_image_header
-from .layout import find_splits, images_dir_for
-from .validate import HINTS, IMBALANCE_RATIO, OUTSIDE_TOLERANCE, Problem, read_coco_json, validate_coco
+import numpy as np
 
-__all__ = ["DECODE_IMAGES", "HINTS", "IMBALANCE_RATIO", "OUTSIDE_TOLERANCE", "CheckReport", "Problem", "check_coco_folder",
-           "check_dataset"]
+from ..errors import DataError, MissingFileError
+from .io import ImageHeader, UnreadableImageError, describe_mode, load_rgb_image, load_segment_ids, read_image_header
+from .layout import find_panoptic_splits, find_splits, images_dir_for, panoptic_png_dir_for
+from .validate import (
+    AREA_MISMATCH,
+    EMPTY_SEGMENT,
+    HINTS,
+    IMBALANCE_RATIO,
+    MISSING_PNG,
+    OUTSIDE_TOLERANCE,
+    PNG_SIZE_MISMATCH,
+    SEGMENT_NOT_IN_JSON,
+    UNREADABLE_PNG,
+    VOID_SEGMENT_ID,
+    PanopticValidation,
+    Problem,
+    is_panoptic_content,
+    read_coco_json,
+    validate_coco,
+    validate_coco_panoptic,
+)
+
+__all__ = [
+    "DECODE_IMAGES", "HINTS", "IMBALANCE_RATIO", "OUTSIDE_TOLERANCE", "CheckReport", "Problem", "check_coco_folder",
+    "check_dataset", "check_panoptic_dataset",
+]
 
 HEADER_THREADS = 8  # image headers are read (or images decoded: Pillow releases the GIL) in parallel
 DECODE_IMAGES = "decode"  # check_images value of ``detr data check --full``
@@ -66,8 +95,10 @@ class CheckReport:
         if "images" not in self.info:
             return f"{self.ann_file.name}: {counts}"
         info = self.info
+        objects = ("segment", "segments") if info.get("panoptic") else ("box", "boxes")
         return (f"{self.ann_file.name}: {counts} - {plural(info['images'], 'image')} "
-                f"({info.get('images_without_annotations', 0)} without boxes), {plural(info['annotations'], 'box', 'boxes')}, "
+                f"({info.get('images_without_annotations', 0)} without {objects[1]}), "
+                f"{plural(info['annotations'], *objects)}, "
                 f"{plural(info['categories'], 'category', 'categories')}"
                 + (f" -> num_classes {info['num_classes']}" if info.get("num_classes") else ""))
 
@@ -170,30 +201,139 @@ class _ImageFileChecker:
             self.warn("high_bit_depth", f"image {im['id']}: mode {header.mode}: {rule}", str(path), image_ids=(im["id"],))
 
 
-def _check(ann_file: Path, images_dir: Path | None, check_images: ImageCheck) -> tuple[CheckReport, dict[int, dict]]:
-    """The report of one annotation file and its valid image records ``{id: record}``."""
+def _check(ann_file: Path, images_dir: Path | None, check_images: ImageCheck,
+           png_dir: Path | None = None) -> tuple[CheckReport, dict[int, dict]]:
+    """The report of one annotation file (detection or panoptic) and its valid image records ``{id: record}``."""
     report = CheckReport(ann_file, images_dir)
     content, unreadable = read_coco_json(ann_file)
     if unreadable is not None:
         report.errors.append(unreadable)
         return report, {}
+    if is_panoptic_content(content):
+        return _check_panoptic(report, content, png_dir, check_images)
     validation = validate_coco(content, str(ann_file))
     report.errors += validation.errors
     report.warnings += validation.warnings
     if not isinstance(content, dict) or any(p.kind == "not_coco" for p in validation.errors):
         return report, {}
     images = validation.images
-    if check_images:
-        if images_dir is None or not images_dir.is_dir():
-            report.errors.append(Problem(
-                "missing_image", f"image folder {images_dir or '(none found beside the annotations)'} does not exist",
-                str(ann_file), image_ids=tuple(images)))
-        else:
-            _ImageFileChecker(report).check(images, images_dir, decode=check_images == DECODE_IMAGES)
+    images_checked = _check_images_dir(report, images, check_images)
     report.info = _info(content, validation.categories, images, validation.boxes_per_category)
-    report.info["images_checked"] = bool(check_images and images_dir is not None and images_dir.is_dir())
-    report.info["images_decoded"] = report.info["images_checked"] and check_images == DECODE_IMAGES
+    report.info["images_checked"] = images_checked
+    report.info["images_decoded"] = images_checked and check_images == DECODE_IMAGES
     return report, images
+
+
+def _check_images_dir(report: CheckReport, images: dict[int, dict], check_images: ImageCheck) -> bool:
+    """Check the image files (headers; every pixel with :data:`DECODE_IMAGES`); False when the folder is missing
+    (reported) or ``check_images`` is false."""
+    if not check_images:
+        return False
+    if report.images_dir is None or not report.images_dir.is_dir():
+        report.errors.append(Problem(
+            "missing_image", f"image folder {report.images_dir or '(none found beside the annotations)'} does not exist",
+            str(report.ann_file), image_ids=tuple(images)))
+        return False
+    _ImageFileChecker(report).check(images, report.images_dir, decode=check_images == DECODE_IMAGES)
+    return True
+
+
+def _check_panoptic(report: CheckReport, content: dict, png_dir: Path | None,
+                    check_images: ImageCheck) -> tuple[CheckReport, dict[int, dict]]:
+    validation = validate_coco_panoptic(content, str(report.ann_file))
+    report.errors += validation.errors
+    report.warnings += validation.warnings
+    if any(p.kind == "not_coco" for p in validation.errors):
+        return report, {}
+    images_checked = _check_images_dir(report, validation.images, check_images)
+    pngs_checked = False
+    if check_images:
+        png_dir = png_dir if png_dir is not None else panoptic_png_dir_for(report.ann_file)
+        if png_dir is None or not png_dir.is_dir():
+            report.errors.append(Problem(MISSING_PNG, f"folder of segment PNGs {png_dir or '(none found by the layout rule)'} "
+                                         "does not exist", str(report.ann_file), image_ids=tuple(validation.annotations)))
+        else:
+            _check_pngs(report, validation, png_dir)
+            pngs_checked = True
+    report.info = _info(content, validation.categories, validation.images, validation.boxes_per_category)
+    with_segments = {iid for iid, ann in validation.annotations.items() if ann["segments_info"]}
+    report.info.update({
+        "panoptic": True, "png_dir": str(png_dir) if png_dir else None, "pngs_checked": pngs_checked,
+        "images_checked": images_checked,
+        "annotations": sum(len(a["segments_info"]) for a in validation.annotations.values()),
+        "images_without_annotations": sum(1 for iid in validation.images if iid not in with_segments),
+        "crowd_annotations": sum(s["iscrowd"] for a in validation.annotations.values() for s in a["segments_info"]),
+        "things": sum(validation.isthing.values()), "stuff": len(validation.isthing) - sum(validation.isthing.values()),
+        "num_classes": _panoptic_num_classes(validation.categories),
+    })
+    return report, validation.images
+
+
+def _panoptic_num_classes(categories: dict[int, str]) -> int | None:
+    from .coco import coco_from_dict, implied_num_classes
+
+    if not categories:
+        return None
+    return implied_num_classes(coco_from_dict({"categories": [{"id": c} for c in categories], "annotations": [],
+                                               "images": []}))
+
+
+def _check_pngs(report: CheckReport, validation: PanopticValidation, png_dir: Path) -> None:
+    """Read every annotation's PNG: existence, size, ids against ``segments_info``, areas."""
+    def probe(image_id: int) -> tuple[int, np.ndarray | Exception]:
+        info, ann = validation.images.get(image_id), validation.annotations[image_id]
+        size = (info["width"], info["height"]) if info is not None else None
+        try:
+            return image_id, load_segment_ids(png_dir / ann["file_name"], size)
+        except (MissingFileError, DataError) as err:
+            return image_id, err
+
+    file = str(report.ann_file)
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        results = list(pool.map(probe, sorted(validation.annotations)))
+    for image_id, outcome in results:
+        ann, ids = validation.annotations[image_id], {"image_ids": (image_id,)}
+        path = str(png_dir / ann["file_name"])
+        if isinstance(outcome, MissingFileError):
+            report.errors.append(Problem(MISSING_PNG, f"image {image_id}: segment PNG not found", path, **ids))
+            continue
+        if isinstance(outcome, DataError):
+            kind = PNG_SIZE_MISMATCH if "width x height" in str(outcome) else UNREADABLE_PNG
+            report.errors.append(Problem(kind, f"image {image_id}: {str(outcome).removeprefix(path + ': ')}", path, **ids))
+            continue
+        values, counts = np.unique(outcome, return_counts=True)
+        pixels = dict(zip(values.tolist(), counts.tolist()))
+        listed = {s["id"]: s for s in ann["segments_info"]}
+        unlisted = sorted(set(pixels) - set(listed) - {VOID_SEGMENT_ID})
+        if unlisted:
+            report.errors.append(Problem(
+                SEGMENT_NOT_IN_JSON, f"image {image_id}: {len(unlisted)} id(s) of the PNG are not in segments_info: "
+                f"{', '.join(map(str, unlisted[:5]))}{', ...' if len(unlisted) > 5 else ''} "
+                f"({sum(pixels[i] for i in unlisted)} pixels)", file, **ids))
+        for segment_id, seg in listed.items():
+            seg_ids = {"image_ids": (image_id,), "category_ids": (seg["category_id"],)}
+            if segment_id not in pixels:
+                report.errors.append(Problem(EMPTY_SEGMENT, f"image {image_id}: segment {segment_id} has no pixel in "
+                                             f"{ann['file_name']}", file, **seg_ids))
+            elif "area" in seg and seg["area"] != pixels[segment_id]:
+                report.warnings.append(Problem(AREA_MISMATCH, f"image {image_id}: segment {segment_id} has 'area' "
+                                               f"{seg['area']:g} but {pixels[segment_id]} pixels", file, **seg_ids))
+
+
+def check_panoptic_dataset(
+    ann_file: Path | str, png_dir: Path | str | None = None, images_dir: Path | str | None = None, *,
+    check_images: ImageCheck = True,
+) -> CheckReport:
+    """Check one COCO panoptic annotation file and, with ``check_images``, its image headers and segment PNGs.
+
+    ``png_dir`` and ``images_dir`` are guessed from the layout (:mod:`.layout`) when None. A file that is not
+    panoptic is checked as a detection file. Never raises for bad data: every problem is in the report.
+    """
+    ann_file = Path(ann_file)
+    if images_dir is None and check_images:
+        images_dir = images_dir_for(ann_file)
+    return _check(ann_file, Path(images_dir) if images_dir is not None else None, check_images,
+                  Path(png_dir) if png_dir is not None else None)[0]
 
 
 def _info(content: dict, categories: dict[int, str], images: dict[int, dict], per_category: dict[int, int]) -> dict:
@@ -215,6 +355,8 @@ def check_dataset(ann_file: Path | str, images_dir: Path | str | None = None, *,
                   check_images: ImageCheck = True) -> CheckReport:
     """Check one COCO annotation file (and, with ``check_images``, the headers of its image files).
 
+    A COCO panoptic file is checked as :func:`check_panoptic_dataset` does (PNG folder from the layout).
+
     Args:
         ann_file: a COCO ``instances_*.json`` file.
         images_dir: the folder ``file_name`` is relative to; guessed from the layout when None
@@ -232,27 +374,38 @@ def check_dataset(ann_file: Path | str, images_dir: Path | str | None = None, *,
 
 
 def check_coco_folder(root: Path | str, *, check_images: ImageCheck = True) -> dict[str, CheckReport]:
-    """Check every split of a dataset folder (generic or COCO 2017 layout, see :mod:`.layout`).
+    """Check every split of a dataset folder (generic or COCO 2017 layout, detection and panoptic, see :mod:`.layout`).
 
-    A picture (``file_name``) that appears in an earlier split too is reported as ``split_overlap``
-    (a warning) in the later split.
+    Panoptic splits are named like detection ones (``train``), or ``panoptic_train`` when the folder has a
+    detection split of that name too. A picture (``file_name``) that appears in an earlier split of another name
+    is reported as ``split_overlap`` (a warning) in the later split.
 
     Raises:
         MissingFileError: ``root`` does not exist.
         DataError: ``root`` is not a dataset folder (the message shows the layouts).
     """
+    root = Path(root)
+    panoptic = find_panoptic_splits(root) if root.is_dir() else {}
+    try:
+        detection = find_splits(root)
+    except DataError:
+        if not panoptic:
+            raise
+        detection = {}
+    splits = [(name, name, files.ann_file, files.images_dir, None) for name, files in detection.items()]
+    splits += [(name if name not in detection else f"panoptic_{name}", name, files.ann_file, files.images_dir,
+                files.png_dir) for name, files in panoptic.items()]
     reports: dict[str, CheckReport] = {}
-    earlier: dict[Path, str] = {}  # image path → the first split that uses it
-    for name, files in find_splits(Path(root)).items():
-        report, images = _check(files.ann_file, files.images_dir, check_images)
-        paths = {files.images_dir / im["file_name"]: iid for iid, im in images.items()}
-        overlap = sorted(p for p in paths if p in earlier)
+    earlier: dict[Path, str] = {}  # image path → the first split (base name) that uses it
+    for name, split, ann_file, images_dir, png_dir in splits:
+        report, images = _check(ann_file, images_dir, check_images, png_dir)
+        paths = {images_dir / im["file_name"]: iid for iid, im in images.items()}
+        overlap = sorted(p for p in paths if earlier.get(p, split) != split)
         if overlap:
             report.warnings.append(Problem(
                 "split_overlap", f"{len(overlap)} picture(s) also in the {earlier[overlap[0]]} split, "
-                f"e.g. {overlap[0].name!r}", str(files.ann_file), image_ids=tuple(paths[p] for p in overlap)))
+                f"e.g. {overlap[0].name!r}", str(ann_file), image_ids=tuple(paths[p] for p in overlap)))
         for p in paths:
-            earlier.setdefault(p, name)
+            earlier.setdefault(p, split)
         reports[name] = report
     return reports
-

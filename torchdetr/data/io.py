@@ -35,6 +35,10 @@ alpha (``RGBA``, ``LA``,    composited over :data:`ALPHA_BACKGROUND` (white), as
                             for them; replace them before training)
 ==========================  ===================================================================================
 
+**Segment-id PNGs** (COCO panoptic, :func:`load_segment_ids`) are not pictures to look at: their colours are
+numbers (id = R + 256·G + 256²·B), so they are read as stored (no EXIF turn, no mode conversion but a
+palette's colours; alpha is ignored) and refused in any mode without three 8-bit channels.
+
 Refusals, unreadable and truncated files, and images larger than Pillow's decompression-bomb limit
 (``PIL.Image.MAX_IMAGE_PIXELS``, raise it deliberately for huge images) are :class:`~torchdetr.errors.DataError`
 naming the file; a missing file is :class:`~torchdetr.errors.MissingFileError`. Multi-frame files (GIF,
@@ -51,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 from ..errors import DataError, MissingFileError
+from ..structures import rgb2id
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -67,6 +72,7 @@ SIXTEEN_BIT_MAX = 65535
 FLOAT_MAX = 1.0  # float pixels are in [0, FLOAT_MAX]
 UINT8_MAX = 255
 HIGH_BIT_DEPTH_MODES: frozenset[str] = SIXTEEN_BIT_MODES | {"I", "F"}
+SEGMENT_ID_MODES: frozenset[str] = frozenset({"RGB", "RGBA", "P"})  # modes whose colours can encode segment ids
 
 
 class UnreadableImageError(DataError):
@@ -185,6 +191,30 @@ def load_rgb_image(path: str | Path, expected_size: tuple[int, int] | None = Non
             )
         image = _without_orientation(stored)
     return to_rgb(image, str(path))
+
+
+def load_segment_ids(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """The segment-id map int64 [H, W] of a COCO panoptic PNG (id = R + 256·G + 256²·B; 0 = void).
+
+    ``expected_size`` = (width, height) of the image the PNG annotates.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataError: unreadable, a mode without 8-bit RGB colours (see the module docstring), or a size other than
+            ``expected_size``; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"segment PNG not found: {path}")
+    image = _decode(path)
+    if image.mode not in SEGMENT_ID_MODES:
+        raise DataError(f"{path}: a segment-id PNG must be RGB (id = R + 256*G + 256^2*B), got mode {image.mode}")
+    if expected_size is not None and image.size != tuple(expected_size):
+        raise DataError(f"{path}: the segment PNG is {image.width}x{image.height} (width x height) but its image is "
+                        f"{expected_size[0]}x{expected_size[1]}")
+    if image.mode == "P":
+        image = image.convert("RGB")
+    return rgb2id(np.asarray(image)[..., :3])
 
 
 def to_upright_rgb(image: Image.Image, source: str = "image") -> Image.Image:

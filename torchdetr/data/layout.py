@@ -17,6 +17,17 @@ resolve folders here. Two layouts are recognised:
 
 The image folder of ``annotations/instances_<stem>.json`` (split = stem without ``2017``) is the first
 existing one of ``<stem>/`` (COCO 2017 names only), ``images/<stem>/``, ``images/<split>/``, ``images/``.
+
+Panoptic datasets (``annotations/panoptic_<stem>.json``, whose PNGs hold the segment ids) follow the same rule
+for their images, and their PNG folder is the first existing one of ``annotations/panoptic_<stem>/`` (where
+COCO's zip unpacks, and panopticapi's default), ``panoptic_<stem>/`` (the original DETR's layout),
+``panoptic/<stem>/``, ``panoptic/<split>/`` and ``panoptic/`` (the generic layout, written by
+``detr data synth --panoptic``)::
+
+      DIR/images/...   DIR/panoptic/...   DIR/annotations/panoptic_train.json   DIR/annotations/panoptic_val.json
+
+As in the original, the panoptic files may sit in another folder than the images
+(``--coco_panoptic_path`` and ``--coco_path``): :func:`resolve_panoptic_split` takes both.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from ..errors import DataError, MissingFileError
 ANNOTATIONS_DIR = "annotations"
 IMAGES_DIR = "images"
 ANN_PREFIX = "instances_"
+PANOPTIC_ANN_PREFIX = "panoptic_"
+PANOPTIC_DIR = "panoptic"
 COCO2017_SUFFIX = "2017"
 SPLIT_ORDER = ("train", "val", "test")
 MAX_LISTED_ENTRIES = 20  # folder entries shown when no split is found
@@ -43,15 +56,24 @@ class SplitFiles:
     images_dir: Path
 
 
+def _stem(ann_file: Path) -> str:
+    """``instances_val2017.json`` / ``panoptic_val2017.json`` → ``val2017``."""
+    stem = Path(ann_file).stem
+    for prefix in (ANN_PREFIX, PANOPTIC_ANN_PREFIX):
+        if stem.startswith(prefix):
+            return stem.removeprefix(prefix)
+    return stem
+
+
 def split_name(ann_file: Path) -> str:
-    """``instances_val2017.json`` → ``val``; ``instances_train.json`` → ``train``."""
-    stem = Path(ann_file).stem.removeprefix(ANN_PREFIX)
+    """``instances_val2017.json`` → ``val``; ``instances_train.json`` (or ``panoptic_train.json``) → ``train``."""
+    stem = _stem(ann_file)
     return stem.removesuffix(COCO2017_SUFFIX) or stem
 
 
 def _image_dir_candidates(root: Path, ann_file: Path) -> list[Path]:
     """The image folders an annotation file may use, most specific first (see the module docstring)."""
-    stem = Path(ann_file).stem.removeprefix(ANN_PREFIX)
+    stem = _stem(ann_file)
     split = split_name(ann_file)
     candidates = [root / stem] if stem != split else []
     candidates += [root / IMAGES_DIR / stem, root / IMAGES_DIR / split, root / IMAGES_DIR]
@@ -63,9 +85,13 @@ def _dataset_root(ann_file: Path) -> Path:
     return ann_file.parent.parent if ann_file.parent.name == ANNOTATIONS_DIR else ann_file.parent
 
 
-def images_dir_for(ann_file: Path) -> Path | None:
-    """The image folder of an annotation file by the layout rule; ``None`` when no candidate exists."""
-    return next((d for d in _image_dir_candidates(_dataset_root(ann_file), ann_file) if d.is_dir()), None)
+def images_dir_for(ann_file: Path, images_root: Path | None = None) -> Path | None:
+    """The image folder of an annotation file by the layout rule; ``None`` when no candidate exists.
+
+    ``images_root``: the folder that holds the images when it is not the annotation file's dataset folder.
+    """
+    root = _dataset_root(ann_file) if images_root is None else Path(images_root)
+    return next((d for d in _image_dir_candidates(root, ann_file) if d.is_dir()), None)
 
 
 def generic_split_files(root: Path, split: str) -> SplitFiles:
@@ -132,7 +158,91 @@ def find_splits(root: Path) -> dict[str, SplitFiles]:
     if not found:
         raise DataError(
             f"{root}: no COCO annotation files; expected {ANNOTATIONS_DIR}/{ANN_PREFIX}train.json + {IMAGES_DIR}/ "
-            f"(generic layout) or {ANNOTATIONS_DIR}/{ANN_PREFIX}train2017.json + train2017/ (COCO 2017 layout)"
+            f"(generic layout) or {ANNOTATIONS_DIR}/{ANN_PREFIX}train2017.json + train2017/ (COCO 2017 layout), or "
+            f"for panoptic data {ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}train.json + {PANOPTIC_DIR}/ + {IMAGES_DIR}/"
         )
+    rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+
+# ----------------------------------------------------------------------------------------------
+# Panoptic datasets
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PanopticSplitFiles:
+    """One split of a panoptic dataset: its annotation file, the folder of its segment PNGs and its image folder."""
+
+    name: str
+    ann_file: Path
+    png_dir: Path
+    images_dir: Path
+
+
+def panoptic_png_dir_for(ann_file: Path) -> Path | None:
+    """The PNG folder of a panoptic annotation file by the layout rule; ``None`` when no candidate exists."""
+    ann_file = Path(ann_file)
+    stem, split, root = _stem(ann_file), split_name(ann_file), _dataset_root(ann_file)
+    candidates = [ann_file.with_suffix(""), root / f"{PANOPTIC_ANN_PREFIX}{stem}", root / PANOPTIC_DIR / stem,
+                  root / PANOPTIC_DIR / split, root / PANOPTIC_DIR]
+    return next((d for d in dict.fromkeys(candidates) if d.is_dir()), None)
+
+
+def generic_panoptic_split_files(root: Path, split: str) -> PanopticSplitFiles:
+    """The paths of ``split`` in the generic panoptic layout under ``root`` (they need not exist yet)."""
+    return PanopticSplitFiles(split, root / ANNOTATIONS_DIR / f"{PANOPTIC_ANN_PREFIX}{split}.json",
+                              root / PANOPTIC_DIR, root / IMAGES_DIR)
+
+
+def resolve_panoptic_split(root: str | Path, split: str, images_root: str | Path | None = None) -> PanopticSplitFiles:
+    """The annotation file, PNG folder and image folder of ``split`` in a panoptic dataset folder.
+
+    ``annotations/panoptic_{split}2017.json`` (COCO 2017) is preferred to ``annotations/panoptic_{split}.json``
+    (generic). The images are looked for under ``images_root`` (default ``root``) by the detection rule.
+
+    Raises:
+        MissingFileError: a folder does not exist, or no complete split was found; the message lists what was
+            looked for and what the folder holds.
+    """
+    root = Path(root)
+    images_root = root if images_root is None else Path(images_root)
+    for folder in dict.fromkeys((root, images_root)):
+        if not folder.is_dir():
+            raise MissingFileError(f"dataset folder not found: {folder}")
+    annotations = root / ANNOTATIONS_DIR
+    for ann_file in (annotations / f"{PANOPTIC_ANN_PREFIX}{split}{COCO2017_SUFFIX}.json",
+                     annotations / f"{PANOPTIC_ANN_PREFIX}{split}.json"):
+        if not ann_file.is_file():
+            continue
+        png_dir, images_dir = panoptic_png_dir_for(ann_file), images_dir_for(ann_file, images_root)
+        if png_dir is None:
+            raise MissingFileError(f"{ann_file}: no folder of segment PNGs; looked for {ann_file.with_suffix('')}/, "
+                                   f"{root / (PANOPTIC_ANN_PREFIX + _stem(ann_file))}/ and {root / PANOPTIC_DIR}/")
+        if images_dir is None:
+            raise MissingFileError(f"{ann_file}: no image folder under {images_root}; looked for "
+                                   f"{', '.join(str(d) + '/' for d in _image_dir_candidates(images_root, ann_file))}")
+        return PanopticSplitFiles(split, ann_file, png_dir, images_dir)
+    present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:MAX_LISTED_ENTRIES]
+    raise MissingFileError(
+        f"no '{split}' panoptic split found in {root}; looked for {ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}{split}"
+        f"{COCO2017_SUFFIX}.json (COCO 2017 layout, PNGs in {PANOPTIC_ANN_PREFIX}{split}{COCO2017_SUFFIX}/) and "
+        f"{ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}{split}.json (generic layout, PNGs in {PANOPTIC_DIR}/). The folder "
+        f"holds: {', '.join(present) or 'nothing'}"
+    )
+
+
+def find_panoptic_splits(root: Path) -> dict[str, PanopticSplitFiles]:
+    """Every panoptic split (``annotations/panoptic_*.json``) of the dataset folder ``root``, train/val/test first.
+
+    A split whose PNG or image folder does not exist gets ``panoptic/`` or ``images/`` (the check reports them).
+    Returns an empty dict when there is none.
+    """
+    root = Path(root)
+    found: dict[str, PanopticSplitFiles] = {}
+    ann_files = sorted((root / ANNOTATIONS_DIR).glob(f"{PANOPTIC_ANN_PREFIX}*.json"),
+                       key=lambda p: (split_name(p), not p.stem.endswith(COCO2017_SUFFIX), p.name))
+    for ann_file in ann_files:
+        name = split_name(ann_file)
+        found.setdefault(name, PanopticSplitFiles(name, ann_file, panoptic_png_dir_for(ann_file) or root / PANOPTIC_DIR,
+                                                  images_dir_for(ann_file) or root / IMAGES_DIR))
     rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))

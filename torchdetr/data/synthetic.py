@@ -124,7 +124,8 @@ class PlacedShape:
         return self.x0, self.y0, self.x0 + self.side, self.y0 + self.side
 
 
-def _random_color(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
+def random_color(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
+    """An RGB colour float [3] in 0..255 (rounded) of random hue, saturation and value in the given ranges."""
     h, s, v = rng.random(), rng.uniform(*saturation), rng.uniform(*value)
     return np.round(np.array(colorsys.hsv_to_rgb(h, s, v)) * 255)
 
@@ -143,7 +144,7 @@ def sample_layout(rng: np.random.Generator, image_size: int) -> tuple[list[Place
     for _ in range(int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))):
         category_id = int(rng.integers(1, len(CLASS_NAMES) + 1))
         turn = int(rng.integers(4))
-        color = tuple(int(v) for v in _random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
+        color = tuple(int(v) for v in random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
         for _ in range(PLACEMENT_TRIES):
             side = int(rng.integers(low, high + 1))
             x0 = int(rng.integers(0, image_size - side + 1))
@@ -169,7 +170,7 @@ def sample_layout(rng: np.random.Generator, image_size: int) -> tuple[list[Place
 def paint_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
     """uint8 [S, S, 3]: dim colour + linear gradient + blocky and fine noise + thin lines and specks."""
     s = image_size
-    base = _random_color(rng, (0.0, 0.7), BACKGROUND_VALUE_RANGE)
+    base = random_color(rng, (0.0, 0.7), BACKGROUND_VALUE_RANGE)
     angle = rng.uniform(0, 2 * math.pi)
     axis = np.arange(s, dtype=np.float32) / s
     ramp = np.cos(angle) * axis[None, :] + np.sin(angle) * axis[:, None]  # in about [-1.4, 1.4]
@@ -179,7 +180,7 @@ def paint_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
     image += np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)[:s, :s]
     image += rng.integers(-FINE_NOISE, FINE_NOISE + 1, size=(s, s, 3), dtype=np.int16)
     for _ in range(int(rng.integers(CLUTTER_LINES[0], CLUTTER_LINES[1] + 1))):
-        color = _random_color(rng, (0.0, 1.0), BACKGROUND_VALUE_RANGE)
+        color = random_color(rng, (0.0, 1.0), BACKGROUND_VALUE_RANGE)
         (xa, ya), (xb, yb) = rng.uniform(0, s, size=(2, 2))
         n = int(max(abs(xb - xa), abs(yb - ya))) + 1
         cols = np.clip(np.round(np.linspace(xa, xb, n)).astype(int), 0, s - 1)
@@ -187,7 +188,7 @@ def paint_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
         image[rows, cols] = color
     n_specks = int(rng.integers(CLUTTER_SPECKS[0], CLUTTER_SPECKS[1] + 1))
     for x, y, r in zip(rng.integers(0, s, n_specks), rng.integers(0, s, n_specks), rng.integers(1, 3, n_specks)):
-        image[max(0, y - r) : y + r, max(0, x - r) : x + r] = _random_color(rng, (0.0, 1.0), BACKGROUND_VALUE_RANGE)
+        image[max(0, y - r) : y + r, max(0, x - r) : x + r] = random_color(rng, (0.0, 1.0), BACKGROUND_VALUE_RANGE)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -1,4 +1,5 @@
-"""The one validator of COCO detection annotation files: every problem, with its location, never an exception.
+"""The one validator of COCO annotation files (detection, and panoptic): every problem, with its location, never
+an exception.
 
 :func:`validate_coco` walks an annotation dict (any JSON value, in fact) and returns a :class:`Validation`:
 ``errors`` and ``warnings``, each a :class:`Problem` naming the file, the entry (``annotations[3] (id 7)``),
@@ -13,6 +14,9 @@ Its users decide what stops them:
   malformed segmentations and image sizes);
 - evaluation's ground-truth check (``evaluation``) adds ``missing_area`` (COCOeval reads it);
 - ``detr data check`` (:mod:`.check`) reports all of them, adding its checks of the image files.
+
+:func:`validate_coco_panoptic` does the same for a COCO panoptic file (``segments_info`` per image; the PNGs
+themselves are read by ``detr data check``, :mod:`.check`).
 
 Other errors (boxes with no width or height, boxes outside their image, duplicate file names, a file
 without images, boxes or categories, images without a valid size) make ``detr data check`` and training
@@ -51,6 +55,12 @@ NON_FINITE, BAD_BOX_SIZE, BOX_OUTSIDE_IMAGE, BOX_PARTLY_OUTSIDE = (
 MISSING_FIELD, MISSING_AREA, BAD_SEGMENTATION = "missing_field", "missing_area", "bad_segmentation"
 NO_IMAGES, NO_ANNOTATIONS, NO_CATEGORIES = "no_images", "no_annotations", "no_categories"
 UNUSED_CATEGORY, CLASS_IMBALANCE = "unused_category", "class_imbalance"
+# ... of a panoptic file (and, found by the check, of its PNGs)
+DUPLICATE_PANOPTIC_ANNOTATION, NO_PANOPTIC_ANNOTATION = "duplicate_panoptic_annotation", "no_panoptic_annotation"
+BAD_SEGMENT_ID, DUPLICATE_SEGMENT_ID = "bad_segment_id", "duplicate_segment_id"
+MISSING_PNG, UNREADABLE_PNG, PNG_SIZE_MISMATCH = "missing_png", "unreadable_png", "png_size_mismatch"
+SEGMENT_NOT_IN_JSON, EMPTY_SEGMENT, AREA_MISMATCH = "segment_not_in_json", "empty_segment", "area_mismatch"
+VOID_SEGMENT_ID = 0  # pixels of id 0 are unlabelled ("void") in COCO panoptic PNGs
 
 # how to fix each kind of problem (those of the image files and folders too); shown once per kind by the check
 HINTS: dict[str, str] = {
@@ -86,6 +96,16 @@ HINTS: dict[str, str] = {
     UNUSED_CATEGORY: "no box of this class: its AP is -1 and left out of the mean AP",
     CLASS_IMBALANCE: "rare classes will be learned poorly; collect more or weigh the data",
     "split_overlap": "the same picture in train and val inflates validation AP",
+    DUPLICATE_PANOPTIC_ANNOTATION: "one panoptic annotation (PNG + segments_info) per image",
+    NO_PANOPTIC_ANNOTATION: "the image has no entry in 'annotations': it is neither trained on nor evaluated",
+    BAD_SEGMENT_ID: "a segment id is the positive integer R + 256*G + 256^2*B of its pixels' colour (0 = void)",
+    DUPLICATE_SEGMENT_ID: "two segments with one id overlap completely: the PNG cannot tell their pixels apart",
+    MISSING_PNG: "each annotation's file_name must name a PNG in the panoptic folder",
+    UNREADABLE_PNG: "the segment PNG must be an RGB (or RGBA) PNG Pillow can open",
+    PNG_SIZE_MISMATCH: "the segment PNG must have the size of its image",
+    SEGMENT_NOT_IN_JSON: "pixels whose colour is not a segment id of segments_info (nor 0, void) have no class",
+    EMPTY_SEGMENT: "the segment has no pixel in the PNG: it cannot be trained on and is dropped",
+    AREA_MISMATCH: "'area' should be the segment's pixel count; torchdetr counts the pixels itself",
 }
 
 _short_repr = reprlib.Repr()  # attributes set one by one: Python 3.11's Repr takes no arguments
@@ -503,3 +523,152 @@ def validate_coco(content: Any, file: str = "annotations", *, masks: bool = Fals
         walker.annotations(content["annotations"])
         walker.content()
     return walker.result
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO panoptic files
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PanopticValidation(Validation):
+    """What :func:`validate_coco_panoptic` found: besides :class:`Validation`'s fields, ``isthing`` ``{category id:
+    bool}`` and ``annotations`` ``{image id: annotation}`` (valid annotations of valid images, segments all valid).
+    ``boxes_per_category`` counts the non-crowd segments."""
+
+    isthing: dict[int, bool] = field(default_factory=dict)
+    annotations: dict[int, dict] = field(default_factory=dict)
+
+
+class _PanopticValidator(_Validator):
+    """The walk of a COCO panoptic file: categories with ``isthing``, images, one annotation per image with
+    ``file_name`` (its PNG) and ``segments_info`` (``id``, ``category_id``, ``iscrowd``; ``area``, ``bbox``)."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__(file, masks=True, read_images=True)
+        self.result = PanopticValidation(file)
+
+    def categories(self, records: list) -> None:
+        super().categories(records)
+        for i, cat in enumerate(records):
+            if not isinstance(cat, dict) or cat.get("id") not in self.result.categories:
+                continue
+            isthing = cat.get("isthing")
+            if isthing not in (0, 1) or isinstance(isthing, float):
+                self.error(BAD_RECORD, f"categories[{i}] (id {cat['id']}): 'isthing' must be 0 (stuff) or 1 (thing), "
+                           f"got {short(isthing)}", fatal=True, category_ids=(cat["id"],))
+                continue
+            self.result.isthing[cat["id"]] = bool(isthing)
+
+    def annotations(self, records: list) -> None:
+        seen: dict[int, int] = {}
+        for i, ann in enumerate(records):
+            where = f"annotations[{i}]"
+            if not isinstance(ann, dict):
+                self.error(BAD_RECORD, f"{where} must be an object, got {short(ann)}", fatal=True)
+                continue
+            image_id = ann.get("image_id")
+            if not (_is_int(image_id) and image_id in self.image_ids):
+                self.error(UNKNOWN_IMAGE, f"{where}: image_id {short(image_id)} is not in 'images'", fatal=True)
+                continue
+            where, ids = f"{where} (image {image_id})", {"image_ids": (image_id,)}
+            if image_id in seen:
+                self.error(DUPLICATE_PANOPTIC_ANNOTATION, f"{where}: a second annotation of the image (also "
+                           f"annotations[{seen[image_id]}])", fatal=True, **ids)
+                continue
+            seen[image_id] = i
+            file_name = ann.get("file_name")
+            if not isinstance(file_name, str) or not file_name:
+                self.error(BAD_RECORD, f"{where}: 'file_name' (its PNG) must be a non-empty string, got {short(file_name)}",
+                           fatal=True, **ids)
+                continue
+            if is_unsafe_file_name(file_name):
+                self.error(UNSAFE_FILE_NAME, f"{where}: file_name {short(file_name)} points outside the panoptic folder",
+                           fatal=True, **ids)
+                continue
+            segments = ann.get("segments_info")
+            if not isinstance(segments, list):
+                self.error(BAD_RECORD, f"{where}: 'segments_info' must be a list, got {short(segments)}", fatal=True, **ids)
+                continue
+            if self.segments(segments, where, image_id) and image_id in self.result.images:
+                self.result.annotations[image_id] = ann
+        for iid in sorted(set(self.result.images) - set(seen)):
+            self.warn(NO_PANOPTIC_ANNOTATION, f"image {iid} has no panoptic annotation", image_ids=(iid,))
+
+    def segments(self, segments: list, where: str, image_id: int) -> bool:
+        """Check one image's ``segments_info``; True when every segment is usable."""
+        seen: dict[int, int] = {}
+        usable = True
+        for j, seg in enumerate(segments):
+            at = f"{where}: segments_info[{j}]"
+            if not isinstance(seg, dict):
+                self.error(BAD_RECORD, f"{at} must be an object, got {short(seg)}", fatal=True, image_ids=(image_id,))
+                usable = False
+                continue
+            usable &= self.segment(seg, at, image_id, seen, j)
+        return usable
+
+    def segment(self, seg: dict, at: str, image_id: int, seen: dict[int, int], index: int) -> bool:
+        segment_id, category_id = seg.get("id"), seg.get("category_id")
+        ids: dict[str, tuple[int, ...]] = {"image_ids": (image_id,)}
+        if not _is_int(segment_id) or segment_id <= VOID_SEGMENT_ID or segment_id >= 256**3:
+            self.error(BAD_SEGMENT_ID, f"{at}: 'id' must be an integer in 1..{256**3 - 1} (0 is void), got "
+                       f"{short(segment_id)}", fatal=True, **ids)
+            return False
+        if segment_id in seen:
+            self.error(DUPLICATE_SEGMENT_ID, f"{at}: id {segment_id} is also segments_info[{seen[segment_id]}]",
+                       fatal=True, **ids)
+            return False
+        seen[segment_id] = index
+        if not (_is_int(category_id) and category_id in self.result.categories):
+            self.error(UNKNOWN_CATEGORY, f"{at} (segment {segment_id}): category_id {short(category_id)} is not in "
+                       f"'categories' (ids {short(sorted(self.result.categories))})", fatal=True, **ids)
+            return False
+        ids["category_ids"] = (category_id,)
+        crowd = seg.get("iscrowd")
+        if crowd not in CROWD_VALUES or isinstance(crowd, float):
+            kind = MISSING_FIELD if "iscrowd" not in seg else BAD_RECORD
+            self.error(kind, f"{at} (segment {segment_id}): 'iscrowd' must be 0 or 1, got {short(crowd)}", fatal=True, **ids)
+            return False
+        area, bbox = seg.get("area"), seg.get("bbox")
+        if "area" in seg and (_numbers_state([area]) != "finite" or area < 0):
+            self.error(BAD_RECORD, f"{at} (segment {segment_id}): 'area' must be a finite number >= 0, got {short(area)}",
+                       fatal=True, **ids)
+            return False
+        if "bbox" in seg and not (isinstance(bbox, list) and len(bbox) == BOX_VALUES and _numbers_state(bbox) == "finite"
+                                  and bbox[2] >= 0 and bbox[3] >= 0):
+            self.error(BAD_RECORD, f"{at} (segment {segment_id}): 'bbox' must be [x, y, width, height] with width, "
+                       f"height >= 0, got {short(bbox)}", fatal=True, **ids)
+            return False
+        if not crowd:
+            self.result.boxes_per_category[category_id] += 1
+        return True
+
+    def content(self) -> None:
+        result = self.result
+        if result.images and not result.boxes_per_category:
+            self.error(NO_ANNOTATIONS, "no (non-crowd) segments in the whole file")
+            return
+        for cid in sorted(set(result.categories) - set(result.boxes_per_category)):
+            self.warn(UNUSED_CATEGORY, f"category {cid} ({result.categories[cid]}) has no segments", category_ids=(cid,))
+
+
+def validate_coco_panoptic(content: Any, file: str = "annotations") -> PanopticValidation:
+    """Every problem of a COCO panoptic annotation dict (``content``, any JSON value) read from ``file``.
+
+    The file: ``categories`` (``id``, ``name``, ``isthing`` 0/1), ``images`` (``id``, ``file_name``, integer
+    ``width``/``height``) and ``annotations``, one per image: ``image_id``, ``file_name`` (the PNG whose colours
+    are the segment ids) and ``segments_info`` (``id`` 1..256^3-1, unique in the image; ``category_id``;
+    ``iscrowd`` 0/1; optional ``area`` and ``bbox``). The PNGs are not read here. Never raises.
+    """
+    walker = _PanopticValidator(str(file))
+    if walker.structure(content):
+        walker.categories(content["categories"])
+        walker.images(content["images"])
+        walker.annotations(content["annotations"])
+        walker.content()
+    return walker.result  # type: ignore[return-value]
+
+
+def is_panoptic_content(content: Any) -> bool:
+    """True for a COCO panoptic annotation dict: its annotations carry ``segments_info`` (detection ones do not)."""
+    annotations = content.get("annotations") if isinstance(content, dict) else None
+    return isinstance(annotations, list) and any(isinstance(a, dict) and "segments_info" in a for a in annotations)

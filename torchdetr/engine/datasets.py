@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 from ..config import DETRConfig
 from ..data.build import build_dataset, get_coco_api
 from ..data.coco import category_names, implied_num_classes
+from ..data.panoptic import get_panoptic_dataset
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger("torchdetr.train")
@@ -30,6 +32,15 @@ class RunData:
     val: Dataset
     coco_gt: COCO  # pycocotools ground truth of ``val``
     category_names: dict[int, str]  # category id → name, from ``coco_gt``
+    thing_ids: list[int] | None = None  # panoptic data: the categories that are things (the others are stuff)
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        """What checkpoints record of the data: ``categories`` (id → name) and, for panoptic data, ``thing_ids``
+        (which the panoptic post-processing of a loaded model needs)."""
+        entries: dict[str, Any] = {"categories": self.category_names}
+        if self.thing_ids is not None:
+            entries["thing_ids"] = self.thing_ids
+        return entries
 
 
 def load_run_data(
@@ -41,33 +52,45 @@ def load_run_data(
     """
     if datasets is None:
         splits = ("train", "val") if with_train else ("val",)
-        if cfg.dataset_file == "coco" and not cfg.skip_data_check:
+        if cfg.dataset_file in ("coco", "coco_panoptic") and not cfg.skip_data_check:
             check_data(cfg, splits)
         dataset_val = build_dataset("val", cfg)
         dataset_train = build_dataset("train", cfg) if with_train else None
     else:
         dataset_train, dataset_val = datasets
     coco_gt = get_coco_api(dataset_val)
+    panoptic = get_panoptic_dataset(dataset_val)
     return RunData(train=dataset_train if with_train else None, val=dataset_val, coco_gt=coco_gt,
-                   category_names=category_names(coco_gt))
+                   category_names=category_names(coco_gt),
+                   thing_ids=sorted(panoptic.thing_ids) if panoptic is not None else None)
 
 
 def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> None:
-    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path``; raise ``DataCheckFailed`` (one line: the
-    first error, how many more, and the command that lists them) when a split has errors."""
-    from ..data.check import check_dataset
+    """Run ``detr data check`` on the ``splits`` of ``cfg.coco_path`` (panoptic: ``cfg.coco_panoptic_path``); raise
+    ``DataCheckFailed`` (one line: the first error, how many more, and the command that lists them) when a split
+    has errors."""
+    from ..data.check import check_dataset, check_panoptic_dataset
     from ..data.coco import resolve_coco_layout
+    from ..data.layout import resolve_panoptic_split
 
     if not cfg.coco_path:
-        raise ConfigError("--coco_path is required with --dataset_file coco (a COCO-format dataset folder)")
+        raise ConfigError(f"--coco_path is required with --dataset_file {cfg.dataset_file} (a COCO-format dataset folder)")
     for split in splits:
-        images_dir, ann_file = resolve_coco_layout(cfg.coco_path, split)
-        # reading every image header of a huge dataset (COCO: 118k) at each start is too slow
+        png_dir = None
+        if cfg.dataset_file == "coco_panoptic":
+            files = resolve_panoptic_split(cfg.coco_panoptic_path or cfg.coco_path, split, images_root=cfg.coco_path)
+            images_dir, ann_file, png_dir = files.images_dir, files.ann_file, files.png_dir
+        else:
+            images_dir, ann_file = resolve_coco_layout(cfg.coco_path, split)
+        # reading every image header (and segment PNG) of a huge dataset (COCO: 118k) at each start is too slow
         read_images = sum(1 for _ in zip(images_dir.iterdir(), range(MAX_IMAGES_TO_CHECK + 1))) <= MAX_IMAGES_TO_CHECK
         if not read_images:
             log.info("data check of %s: more than %d images, image files not opened (run `detr data check`)",
                      ann_file, MAX_IMAGES_TO_CHECK)
-        report = check_dataset(ann_file, images_dir, check_images=read_images)
+        if png_dir is not None:
+            report = check_panoptic_dataset(ann_file, png_dir, images_dir, check_images=read_images)
+        else:
+            report = check_dataset(ann_file, images_dir, check_images=read_images)
         if not report.ok:
             first, more = report.errors[0], len(report.errors) - 1
             others = f" and {more} more error(s)" if more else ""
@@ -75,7 +98,7 @@ def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> N
                                   f"`detr data check {cfg.coco_path}` lists them; fix them or pass --skip_data_check)")
         if report.warnings:
             log.warning("%s: %d warning(s) from the data check (run `detr data check %s` for details)",
-                        ann_file, len(report.warnings), cfg.coco_path)
+                        ann_file, len(report.warnings), ann_file)
 
 
 def resolve_num_classes(cfg: DETRConfig, coco_gt: COCO) -> DETRConfig:

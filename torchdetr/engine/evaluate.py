@@ -1,4 +1,5 @@
-"""Evaluate a model on a dataset: losses as in training, COCO AP (bbox, segm) through pycocotools.
+"""Evaluate a model on a dataset: losses as in training, COCO AP (bbox, segm) through pycocotools, and
+panoptic quality (PQ) for mask models on panoptic data.
 
 ``evaluate`` is the loop (the original ``engine.evaluate``), used after training epochs;
 ``evaluate_model`` is a whole evaluation run (``detr eval``, ``detr train --eval``): it builds the
@@ -20,10 +21,19 @@ from torch.utils.data import Dataset
 
 from ..atomic_write import replace_atomic
 from ..config import DETRConfig
+from ..data.panoptic import get_panoptic_dataset
 from ..evaluation.coco import CocoEvaluator
-from ..evaluation.tables import STAT_NAMES, format_per_class_table, format_stats_table
+from ..evaluation.panoptic import PanopticEvaluator, PQResult
+from ..evaluation.tables import (
+    STAT_NAMES,
+    format_per_class_table,
+    format_pq_per_class_table,
+    format_pq_table,
+    format_stats_table,
+)
 from ..losses.build import build_model
 from ..losses.set_criterion import SetCriterion
+from ..models.build import build_postprocessors
 from ..models.postprocess import check_finite_outputs
 from . import distributed as du
 from .datasets import load_run_data, resolve_num_classes
@@ -38,16 +48,24 @@ log = logging.getLogger("torchdetr.evaluate")
 EVAL_DIR = "eval"  # under the output folder: the COCOeval arrays for PR curves
 EVAL_FILE = "latest.pth"
 EVAL_FILE_IOU_TYPE = "bbox"  # the IoU type saved to ``eval/latest.pth``, as the original
+PANOPTIC_EVAL_DIR = "panoptic_eval"  # under the output folder: predicted PNGs + predictions.json, as the original
 
 
 @dataclass
 class EvalResult:
-    """Averaged losses (``loss``, ``class_error``, …), COCO stats per IoU type, per-class AP rows."""
+    """Averaged losses (``loss``, ``class_error``, …), COCO stats per IoU type, per-class AP rows, and PQ
+    (mask models on panoptic data)."""
 
     loss_stats: dict[str, float] = field(default_factory=dict)
     coco_stats: dict[str, list[float]] = field(default_factory=dict)
     per_class: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     evaluator: Any = None
+    panoptic: PQResult | None = None
+
+    def test_stats(self) -> dict[str, Any]:
+        """What the original's ``evaluate`` returns besides the COCO stats: the averaged losses and, with PQ,
+        ``PQ_all``/``PQ_th``/``PQ_st`` = ``{pq, sq, rq, n}`` (``log.txt`` writes them as ``test_*``)."""
+        return self.loss_stats | (self.panoptic.log_stats() if self.panoptic is not None else {})
 
     @property
     def ap(self) -> float:
@@ -93,11 +111,22 @@ def evaluate(
 
     Writes ``output_dir/eval/latest.pth`` (COCOeval arrays for PR curves) and
     ``output_dir/detections_{bbox,segm}.json`` (COCO results) when ``output_dir`` is set.
+
+    A mask model on a panoptic dataset (``data.panoptic.CocoPanoptic``) is also scored by PQ, with the
+    panoptic post-processing of the data's things and stuff; its predictions are written to
+    ``output_dir/panoptic_eval/`` (PNGs + ``predictions.json``), as the original does.
     """
     model.eval()
     criterion.eval()
     iou_types = tuple(k for k in ("segm", "bbox") if k in postprocessors)
     evaluator = CocoEvaluator(base_ds, iou_types, category_names=category_names)
+    panoptic_gt = get_panoptic_dataset(getattr(data_loader, "dataset", None)) if "segm" in postprocessors else None
+    panoptic_evaluator = panoptic_postprocess = None
+    if panoptic_gt is not None:
+        isthing = {cid: category.isthing for cid, category in panoptic_gt.categories.items()}
+        panoptic_postprocess = build_postprocessors(cfg, isthing=isthing)["panoptic"]
+        panoptic_evaluator = PanopticEvaluator(
+            panoptic_gt, output_dir / PANOPTIC_EVAL_DIR if output_dir is not None and du.is_main_process() else None)
     averager = LossAverager(criterion.weight_dict)
     for samples, targets in progress(data_loader, desc="eval"):
         samples, targets = to_device(samples, targets, device, cfg.channels_last)
@@ -113,13 +142,21 @@ def evaluate(
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
             results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
         evaluator.update({int(t["image_id"].item()): r for t, r in zip(targets, results)})
+        if panoptic_evaluator is not None:  # the original: PNGs at the original size from the processed size
+            sizes = torch.stack([t["size"] for t in targets], dim=0)
+            panoptic = panoptic_postprocess(outputs, sizes, orig_target_sizes)
+            panoptic_evaluator.update({int(t["image_id"].item()): p for t, p in zip(targets, panoptic)})
 
     result = EvalResult(loss_stats=averager.means(device), evaluator=evaluator)
     evaluator.synchronize_between_processes()
+    if panoptic_evaluator is not None:
+        panoptic_evaluator.synchronize_between_processes()
     if du.is_main_process():
         evaluator.accumulate()
         result.coco_stats = evaluator.summarize()
         result.per_class = {iou_type: evaluator.per_class_ap(iou_type) for iou_type in iou_types}
+        if panoptic_evaluator is not None:
+            result.panoptic = panoptic_evaluator.summarize()
         if print_tables:
             print_evaluation(result)
         if output_dir is not None:
@@ -138,10 +175,14 @@ def write_evaluation_files(evaluator: CocoEvaluator, output_dir: Path, iou_types
 
 
 def print_evaluation(result: EvalResult) -> None:
-    """The 12 COCO stats and the per-class AP of each evaluated IoU type."""
+    """The 12 COCO stats and the per-class AP of each evaluated IoU type; PQ when evaluated."""
     for iou_type, stats in result.coco_stats.items():
         print(format_stats_table(stats, title=iou_type))
         print(format_per_class_table(result.per_class[iou_type]))
+    if result.panoptic is not None:
+        print(f"panoptic quality ({result.panoptic.num_images} images)")
+        print(format_pq_table(result.panoptic.groups))
+        print(format_pq_per_class_table(result.panoptic.per_class))
 
 
 def evaluate_model(

@@ -215,11 +215,12 @@ class _TrainingRun:
     def finish_epoch(self, epoch: int, train_stats: dict[str, float], evaluated: EvalResult | None,
                      epoch_time: float) -> dict[str, Any]:
         """The epoch's log row, after ``checkpoint_best.pth`` when the epoch is the best so far."""
-        row = epoch_row(epoch, train_stats, evaluated.loss_stats if evaluated else None,
+        row = epoch_row(epoch, train_stats, evaluated.test_stats() if evaluated else None,
                         evaluated.coco_stats if evaluated else None, self.run_model.n_parameters, epoch_time)
         improved = _update_best(self.tracker, row)
         if improved and self.best_path is not None and du.is_main_process():
-            save_atomic(_best_state(self.run_model, epoch, self.cfg, self.data.category_names, self.tracker), self.best_path)
+            best = _best_state(self.run_model, epoch, self.cfg, self.data.checkpoint_entries(), self.tracker)
+            save_atomic(best, self.best_path)
             log.info("epoch %d: best %s so far (%.4f): %s written", epoch, self.cfg.best_metric, self.tracker.best.value,
                      self.best_path.name)
         if improved and self.cfg.report and evaluated is not None:
@@ -341,7 +342,7 @@ class _TrainingRun:
         if self.loggers is not None and self.loggers.state():
             extras["loggers"] = self.loggers.state()
         return checkpoint_dict(self.run_model.model, self.optimizer, self.lr_scheduler, epoch, self.cfg,
-                               categories=self.data.category_names, **entries, **extras)
+                               **self.data.checkpoint_entries(), **entries, **extras)
 
     def save_stopped(self, stopped: StopRequested, epoch: int, train_time: float, loader_state: torch.Tensor) -> None:
         """``checkpoint.pth`` of the step where every process stopped, in epoch ``epoch``.
@@ -414,10 +415,11 @@ def _update_best(tracker: BestTracker, row: dict[str, Any]) -> bool:
     return improved
 
 
-def _best_state(run: RunModel, epoch: int, cfg: DETRConfig, categories: dict[int, str],
+def _best_state(run: RunModel, epoch: int, cfg: DETRConfig, data_entries: dict[str, Any],
                 tracker: BestTracker) -> dict[str, Any]:
-    """What ``checkpoint_best.pth`` holds: the weights to ship (+ EMA), epoch, args, categories, best."""
-    extras: dict[str, Any] = {"categories": categories, "best": tracker.best.to_dict()}
+    """What ``checkpoint_best.pth`` holds: the weights to ship (+ EMA), epoch, args, the data's entries
+    (categories, panoptic thing ids: ``RunData.checkpoint_entries``), best."""
+    extras: dict[str, Any] = {**data_entries, "best": tracker.best.to_dict()}
     if run.ema is not None:
         extras["ema"] = run.ema.state_dict_for_checkpoint()
     return checkpoint_dict(run.model, None, None, epoch, cfg, **extras)

@@ -51,13 +51,14 @@ def prepare_output_dir(output_dir: str | Path | None) -> Path | None:
 def epoch_row(
     epoch: int,
     train_stats: dict[str, float],
-    test_stats: dict[str, float] | None,
+    test_stats: dict[str, Any] | None,
     coco_stats: dict[str, list[float]] | None,
     n_parameters: int,
     epoch_time: float,
 ) -> dict[str, Any]:
-    """The log row of one epoch: ``train_*``, ``test_*`` (when evaluated), ``test_coco_eval_bbox``/``_masks``,
-    ``epoch``, ``n_parameters``, ``epoch_time``."""
+    """The log row of one epoch: ``train_*``, ``test_*`` (when evaluated; with PQ, ``test_PQ_all``, ``test_PQ_th``,
+    ``test_PQ_st`` = ``{pq, sq, rq, n}`` as the original), ``test_coco_eval_bbox``/``_masks``, ``epoch``,
+    ``n_parameters``, ``epoch_time``."""
     row: dict[str, Any] = {f"train_{k}": v for k, v in train_stats.items()}
     row.update({f"test_{k}": v for k, v in (test_stats or {}).items()})
     for iou_type, key in COCO_STATS_KEYS.items():

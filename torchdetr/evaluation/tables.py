@@ -65,3 +65,40 @@ def format_per_class_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{format_score(r['AP50']):>6}  {format_score(r['AP75']):>6}  {r['num_gt']:>6}"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Panoptic quality
+# ----------------------------------------------------------------------------------------------
+PQ_GROUPS: tuple[str, ...] = ("All", "Things", "Stuff")
+PQ_DECIMALS = 1  # PQ, SQ, RQ are printed in percent, as panopticapi does
+
+
+def format_percent(value: float) -> str:
+    """A score in [0, 1] as a percentage with one decimal; '-' where it is undefined (NaN)."""
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.{PQ_DECIMALS}f}"
+
+
+def format_pq_table(groups: Mapping[str, Mapping[str, float]]) -> str:
+    """PQ, SQ, RQ (percent) and N (categories counted) of All, Things and Stuff, as panopticapi prints them."""
+    lines = [f"{'':<10}| {'PQ':>5}  {'SQ':>5}  {'RQ':>5}  {'N':>4}", "-" * 36]
+    for name in PQ_GROUPS:
+        g = groups[name]
+        lines.append(f"{name:<10}| {format_percent(g['pq']):>5}  {format_percent(g['sq']):>5}  "
+                     f"{format_percent(g['rq']):>5}  {int(g['n']):>4}")
+    return "\n".join(lines)
+
+
+def format_pq_per_class_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per-category PQ, SQ, RQ (percent; '-' without TP, FP or FN), thing/stuff and the TP, FP, FN counts."""
+    name_width = max([len("category"), *(len(str(r["name"])) for r in rows)])
+    id_width = max([len("id"), *(len(str(r["category_id"])) for r in rows)])
+    lines = [f"{'id':>{id_width}}  {'category':<{name_width}}  {'kind':<5}  {'PQ':>5}  {'SQ':>5}  {'RQ':>5}  "
+             f"{'TP':>5}  {'FP':>5}  {'FN':>5}"]
+    for r in rows:
+        lines.append(
+            f"{r['category_id']:>{id_width}}  {r['name']!s:<{name_width}}  {'thing' if r['isthing'] else 'stuff':<5}  "
+            f"{format_percent(r['pq']):>5}  {format_percent(r['sq']):>5}  {format_percent(r['rq']):>5}  "
+            f"{r['tp']:>5}  {r['fp']:>5}  {r['fn']:>5}"
+        )
+    return "\n".join(lines)

@@ -3,7 +3,9 @@
 Pre-processing is the original validation recipe (shortest side ``image_size``, longest at most
 ``max_size``, ImageNet normalisation); images of different sizes are padded into one batch
 (``NestedTensor``). Detections are the queries whose most likely real class (the softmax without
-"no object", as in the original notebook) has a probability above ``threshold``.
+"no object", as in the original notebook) has a probability above ``threshold``. Mask models also
+segment: ``predict(images, task="panoptic")`` gives each image's panoptic segmentation (an id map at
+the image's size and its segments, :mod:`.panoptic`).
 
 Padding changes DETR's outputs slightly (the backbone's normalisation makes the padded border
 non-zero, and that leaks a few pixels into the valid region), so an image predicted alone and the
@@ -17,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import overload
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from .attention import AttentionMaps, capture_attention
 from .detection import Detection
 from .loading import load_model
 from .optimize import optimize
+from .panoptic import PANOPTIC_THRESHOLD, PanopticPrediction, panoptic_from_outputs
 from .precision import FAITHFUL, check_precision
 from .tiles import DEFAULT_OVERLAP, Tiling, detect_tiled
 from .tracking import DEFAULT_LOST_SECONDS, Tracker, track_predictions
@@ -48,6 +51,8 @@ Arrays and tensors are uint8 in 0..255 or float in [0, 1]."""
 
 DEFAULT_THRESHOLD = 0.7  # the original notebook's
 DEFAULT_BATCH_SIZE = 4
+TASKS = ("detection", "panoptic")
+Task = Literal["detection", "panoptic"]
 ModelRunner = Callable[[NestedTensor], Mapping[str, Tensor]]
 
 
@@ -119,8 +124,10 @@ class Detector:
     """A detection model with its pre- and post-processing.
 
     ``model`` maps a NestedTensor (images [B, 3, H, W], mask [B, H, W]) to ``pred_logits``
-    [B, Q, K+1] and ``pred_boxes`` [B, Q, 4]: a DETR/DETRsegm module, or any callable with that
-    contract (e.g. an ONNX runner; attention maps then are unavailable).
+    [B, Q, K+1] and ``pred_boxes`` [B, Q, 4] (and ``pred_masks`` [B, Q, H/4, W/4] for mask models): a
+    DETR/DETRsegm module, or any callable with that contract (e.g. an ONNX runner; attention maps then
+    are unavailable). ``isthing``: ``{category id: is a thing}`` for panoptic segmentation (ids not in it
+    follow the COCO convention: ids up to 90 are things).
 
     ``precision`` (PyTorch models): ``faithful`` runs the model as built (the original's computation),
     ``fp32``/``bf16``/``fp16`` its fast path ``torchdetr.optimize(model, precision)`` (same weights;
@@ -141,6 +148,7 @@ class Detector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         focal: bool = False,
         precision: str = FAITHFUL,
+        isthing: Mapping[int, bool] | None = None,
     ) -> None:
         if not 0.0 <= threshold < 1.0:
             raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
@@ -159,6 +167,7 @@ class Detector:
         self.batch_size = batch_size
         self._transform: Callable | None = None
         self._postprocess = PostProcess(focal=focal)  # sigmoid top-k for models trained with --cls_loss focal
+        self.isthing = dict(isthing) if isthing is not None else None
 
     @classmethod
     def from_pretrained(
@@ -192,6 +201,7 @@ class Detector:
             batch_size=batch_size,
             focal=loaded.config.cls_loss == "focal",
             precision=precision,
+            isthing=loaded.isthing,
         )
         detector.source = str(name_or_path)
         return detector
@@ -280,33 +290,51 @@ class Detector:
     # ------------------------------------------------------------------ prediction
     @overload
     def predict(self, images: ImageInput, threshold: float | None = ..., batch_size: int | None = ...,
-                *, tile: int | None = ..., overlap: float = ..., tile_full: bool = ...) -> list[Detection]: ...
+                task: Literal["detection"] = ..., *, tile: int | None = ..., overlap: float = ...,
+                tile_full: bool = ...) -> list[Detection]: ...
 
     @overload
-    def predict(
-        self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...,
-        *, tile: int | None = ..., overlap: float = ..., tile_full: bool = ...,
-    ) -> list[list[Detection]]: ...
+    def predict(self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...,
+                task: Literal["detection"] = ..., *, tile: int | None = ..., overlap: float = ...,
+                tile_full: bool = ...) -> list[list[Detection]]: ...
 
-    def predict(self, images, threshold=None, batch_size=None, *, tile=None, overlap=DEFAULT_OVERLAP, tile_full=False):
-        """Detect objects in one image (→ list of Detection) or a list of images (→ one list per image).
+    @overload
+    def predict(self, images: ImageInput, threshold: float | None = ..., batch_size: int | None = ...,
+                task: Literal["panoptic"] = ...) -> PanopticPrediction: ...
 
-        Detections are sorted by decreasing score; ``threshold`` (default: the detector's) keeps
-        queries whose best real-class probability exceeds it (0 keeps all Q queries).
+    @overload
+    def predict(self, images: Sequence[ImageInput], threshold: float | None = ..., batch_size: int | None = ...,
+                task: Literal["panoptic"] = ...) -> list[PanopticPrediction]: ...
 
-        ``tile`` (px): detect in overlapping ``tile`` × ``tile`` windows (``overlap``: fraction shared
-        with each neighbour; ``tile_full``: the whole image too), ``batch_size`` windows per forward
+    def predict(self, images, threshold=None, batch_size=None, task="detection", *, tile=None, overlap=DEFAULT_OVERLAP,
+                tile_full=False):
+        """Detect objects (or, with ``task="panoptic"``, segment) in one image or a list of images.
+
+        ``task="detection"``: a list of ``Detection`` per image, sorted by decreasing score; ``threshold``
+        (default: the detector's) keeps queries whose best real-class probability exceeds it (0 keeps all Q).
+        ``task="panoptic"`` (mask models): a ``PanopticPrediction`` per image, the id map at the image's size
+        and its segments (``segments_info``); ``threshold`` defaults to the original's 0.85.
+
+        ``tile`` (px, detection only): detect in overlapping ``tile`` × ``tile`` windows (``overlap``: fraction
+        shared with each neighbour; ``tile_full``: the whole image too), ``batch_size`` windows per forward
         pass, and merge them (``torchdetr.inference.tiles``): for small objects in large images.
         """
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         single = not isinstance(images, (list, tuple))
         items: Sequence[ImageInput] = [images] if single else images
         batch_size = batch_size or self.batch_size
+        if tile is not None and task != "detection":
+            raise ConfigError(f"tile: tiled inference is for task 'detection', not {task!r}")
         tiling = None if tile is None else Tiling(tile, overlap, tile_full)
-        results: list[list[Detection]] = []
+        results: list = []
         for start in range(0, len(items), batch_size):
             chunk = [to_pil_image(im, f"image {start + i}") for i, im in enumerate(items[start:start + batch_size])]
-            results.extend(self.detect(chunk, threshold) if tiling is None else
-                           [self.detect_tiled(image, tiling, threshold, batch_size) for image in chunk])
+            if task == "panoptic":
+                results.extend(self.segment(chunk, threshold))
+            else:
+                results.extend(self.detect(chunk, threshold) if tiling is None else
+                               [self.detect_tiled(image, tiling, threshold, batch_size) for image in chunk])
         return results[0] if single else results
 
     def detect_tiled(self, image: Image.Image, tiling: Tiling, threshold: float | None = None,
@@ -374,6 +402,23 @@ class Detector:
         outputs = self.model(self.batch(images))
         sizes = torch.tensor([(im.height, im.width) for im in images], device=outputs["pred_boxes"].device)
         return self.detections_from_outputs(outputs, sizes, threshold)
+
+    @torch.inference_mode()
+    def segment(self, images: Sequence[Image.Image], threshold: float | None = None) -> list[PanopticPrediction]:
+        """Panoptic segmentation of a batch of RGB PIL images in one forward pass (mask models only).
+
+        ``threshold``: score above which a query's segment is kept (default 0.85, the original's).
+        """
+        threshold = PANOPTIC_THRESHOLD if threshold is None else threshold
+        if not 0.0 <= threshold < 1.0:
+            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+        samples = self.batch(images)
+        outputs = self.model(samples)
+        if "pred_masks" not in outputs:
+            raise ConfigError("panoptic segmentation needs a mask model (an official *_panoptic model or a checkpoint "
+                              "trained with --masks); this model predicts boxes only")
+        return panoptic_from_outputs(outputs, samples.image_sizes, [(im.height, im.width) for im in images],
+                                     threshold=threshold, isthing=self.isthing, category_names=self.category_names)
 
     def detections_from_outputs(
         self, outputs: Mapping[str, Tensor], image_sizes: Tensor, threshold: float | None = None

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..categories import COCO_CATEGORIES
+from ..categories import COCO_CATEGORIES, COCO_CATEGORY_NAMES, COCO_PANOPTIC_CATEGORIES, COCO_PANOPTIC_NUM_CLASSES
 from ..config import DETRConfig
 from ..data.build import config_validation_size
 from ..data.transforms import REFERENCE_MAX_SIZE, REFERENCE_SIZE
@@ -41,7 +41,8 @@ class LoadedModel:
     """A model in eval mode with what is needed to use it.
 
     ``image_size`` / ``max_size``: the resize the model expects (shorter side, longer-side cap), as
-    the original validation recipe (``make_transforms("val", image_size, max_size)``).
+    the original validation recipe (``make_transforms("val", image_size, max_size)``). ``isthing``: for
+    models trained on panoptic data, ``{category id: is a thing}`` (None: the COCO convention).
     """
 
     model: nn.Module
@@ -50,6 +51,7 @@ class LoadedModel:
     source: str = ""
     image_size: int = REFERENCE_SIZE
     max_size: int = REFERENCE_MAX_SIZE
+    isthing: dict[int, bool] | None = None
 
 
 def infer_architecture(state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> dict[str, Any]:
@@ -135,9 +137,20 @@ def _category_names(checkpoint: Mapping[str, Any], num_classes: int) -> dict[int
     names = checkpoint.get("categories")
     if isinstance(names, Mapping) and names:
         return {int(k): str(v) for k, v in names.items()}
-    if num_classes in (91, 250):
+    if num_classes == COCO_PANOPTIC_NUM_CLASSES:
+        return dict(COCO_PANOPTIC_CATEGORIES)
+    if num_classes == len(COCO_CATEGORY_NAMES):
         return dict(COCO_CATEGORIES)
     return {}
+
+
+def _isthing(checkpoint: Mapping[str, Any], categories: Mapping[int, str]) -> dict[int, bool] | None:
+    """``{category id: is a thing}`` of a checkpoint trained on panoptic data (its ``thing_ids``), else None."""
+    thing_ids = checkpoint.get("thing_ids")
+    if not isinstance(thing_ids, (list, tuple)):
+        return None
+    things = {int(i) for i in thing_ids}
+    return {int(cid): cid in things for cid in categories} | dict.fromkeys(things, True)
 
 
 def _load_official(spec: OfficialModel, path: str | Path, source: str, device: str | torch.device) -> LoadedModel:
@@ -211,5 +224,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", use
     load_model_state(model, state, source=source)
     model.to(device).eval()
     image_size, max_size = config_validation_size(cfg)
-    return LoadedModel(model=model, config=cfg, category_names=_category_names(checkpoint, cfg.num_classes),
-                       source=source, image_size=image_size, max_size=max_size)
+    names = _category_names(checkpoint, cfg.num_classes)
+    return LoadedModel(model=model, config=cfg, category_names=names, source=source, image_size=image_size,
+                       max_size=max_size, isthing=_isthing(checkpoint, names))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -18,11 +19,20 @@ from .transformer import build_transformer
 log = logging.getLogger(__name__)
 
 COCO_THING_MAX_ID = 90  # panoptic: ids 0..90 are things, above are stuff (COCO panoptic convention)
+PANOPTIC_THRESHOLD = 0.85  # the original's score threshold of the panoptic post-processing
 
 
 def coco_panoptic_is_thing_map(num_classes: int) -> dict[int, bool]:
     """``{id: id <= 90}`` over all class ids 0..num_classes-1."""
     return {i: i <= COCO_THING_MAX_ID for i in range(num_classes)}
+
+
+def panoptic_is_thing_map(num_classes: int, isthing: Mapping[int, bool] | None = None) -> dict[int, bool]:
+    """``{id: is a thing}`` over all class ids 0..num_classes-1: a dataset's ``isthing`` for its categories, the
+    COCO convention (``id <= 90``) for the other ids. With COCO panoptic's categories (or none) this is the
+    original's map (:func:`coco_panoptic_is_thing_map`)."""
+    isthing = isthing or {}
+    return {i: bool(isthing.get(i, i <= COCO_THING_MAX_ID)) for i in range(num_classes)}
 
 
 def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
@@ -61,13 +71,19 @@ def build_detector(cfg: DETRConfig) -> DETR | DETRsegm:
     return model
 
 
-def build_postprocessors(cfg: DETRConfig, panoptic_threshold: float = 0.85) -> dict[str, nn.Module]:
-    """``{"bbox"}`` plus ``"segm"`` and ``"panoptic"`` for mask models."""
+def build_postprocessors(
+    cfg: DETRConfig, panoptic_threshold: float = PANOPTIC_THRESHOLD, isthing: Mapping[int, bool] | None = None
+) -> dict[str, nn.Module]:
+    """``{"bbox"}`` plus ``"segm"`` and ``"panoptic"`` for mask models.
+
+    ``"panoptic"`` is built for COCO panoptic runs (as the original), for class heads larger than COCO's, and
+    whenever a dataset's ``isthing`` ``{category id: bool}`` is given (:func:`panoptic_is_thing_map`).
+    """
     postprocessors: dict[str, nn.Module] = {"bbox": PostProcess(focal=cfg.cls_loss == "focal")}
     if cfg.masks:
         postprocessors["segm"] = PostProcessSegm()
-        if cfg.dataset_file == "coco_panoptic" or cfg.num_classes > COCO_THING_MAX_ID + 1:
+        if cfg.dataset_file == "coco_panoptic" or cfg.num_classes > COCO_THING_MAX_ID + 1 or isthing is not None:
             postprocessors["panoptic"] = PostProcessPanoptic(
-                coco_panoptic_is_thing_map(cfg.num_classes), threshold=panoptic_threshold
+                panoptic_is_thing_map(cfg.num_classes, isthing), threshold=panoptic_threshold
             )
     return postprocessors

@@ -14,6 +14,10 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..errors import InputFileError
+from ..structures import id2rgb, rgb2id
+
+__all__ = ["CHECKED_OUTPUTS", "PANOPTIC_MIN_AREA", "NonFiniteOutputError", "PostProcess", "PostProcessPanoptic",
+           "PostProcessSegm", "check_finite_outputs", "id2rgb", "rgb2id"]
 
 PANOPTIC_MIN_AREA = 4  # segments of at most this many pixels are dropped (then ids are recomputed)
 CHECKED_OUTPUTS = ("pred_logits", "pred_boxes")  # the outputs every detection is computed from
@@ -50,22 +54,6 @@ def check_finite_outputs(outputs: Mapping[str, Tensor], source: str | None = Non
             "so its detections would be meaningless: its weights are broken (e.g. saved from a diverged training run) "
             "or a reduced-precision path overflows"
         )
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """Panoptic id map [H, W] → RGB [H, W, 3] uint8 with id = R + 256·G + 256²·B (COCO panoptic)."""
-    id_map = id_map.astype(np.int64, copy=True)
-    rgb = np.zeros((*id_map.shape, 3), dtype=np.uint8)
-    for i in range(3):
-        rgb[..., i] = id_map % 256
-        id_map //= 256
-    return rgb
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    """RGB [H, W, 3] → id map [H, W] (inverse of ``id2rgb``)."""
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 class PostProcess(nn.Module):

@@ -103,6 +103,7 @@ class DETRsegm(nn.Module):
     def __init__(self, detr: DETR, freeze_detr: bool = False) -> None:
         super().__init__()
         self.detr = detr
+        self.freeze_detr = freeze_detr
         if freeze_detr:
             for p in self.parameters():
                 p.requires_grad_(False)
@@ -111,6 +112,16 @@ class DETRsegm(nn.Module):
         stage_channels = detr.backbone.stage_channels
         fpn_dims = [stage_channels[2], stage_channels[1], stage_channels[0]]
         self.mask_head = MaskHeadSmallConv(hidden_dim + nheads, fpn_dims, hidden_dim)
+
+    def train(self, mode: bool = True) -> DETRsegm:
+        """As ``nn.Module.train``; a frozen detector's batch-norm layers (``--backbone_norm batch``) stay in eval
+        mode, so that their running statistics stay those of the detector's checkpoint."""
+        super().train(mode)
+        if self.freeze_detr:
+            for module in self.detr.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     @property
     def num_queries(self) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..categories import COCO_CATEGORIES
+from ..categories import COCO_CATEGORIES, COCO_PANOPTIC_CATEGORIES
 from ..config import DETRConfig
 from .weight_files import download_weights
 
@@ -66,11 +66,14 @@ OFFICIAL_MODELS: dict[str, OfficialModel] = {
         OfficialModel("detr_resnet101_dc5", WEIGHTS_BASE_URL + "detr-r101-dc5-a2e86def.pth", "resnet101",
                       dilation=True, metrics={"box_ap": 44.9}),
         OfficialModel("detr_resnet50_panoptic", WEIGHTS_BASE_URL + "detr-r50-panoptic-00ce5173.pth", "resnet50",
-                      masks=True, num_classes=250, metrics={"box_ap": 38.8, "pq": 43.4}),
+                      masks=True, num_classes=250, metrics={"box_ap": 38.8, "pq": 43.4},
+                      categories=dict(COCO_PANOPTIC_CATEGORIES)),
         OfficialModel("detr_resnet50_dc5_panoptic", WEIGHTS_BASE_URL + "detr-r50-dc5-panoptic-da08f1b1.pth",
-                      "resnet50", dilation=True, masks=True, num_classes=250, metrics={"box_ap": 40.2, "pq": 44.6}),
+                      "resnet50", dilation=True, masks=True, num_classes=250, metrics={"box_ap": 40.2, "pq": 44.6},
+                      categories=dict(COCO_PANOPTIC_CATEGORIES)),
         OfficialModel("detr_resnet101_panoptic", WEIGHTS_BASE_URL + "detr-r101-panoptic-40021d53.pth", "resnet101",
-                      masks=True, num_classes=250, metrics={"box_ap": 40.1, "pq": 45.1}),
+                      masks=True, num_classes=250, metrics={"box_ap": 40.1, "pq": 45.1},
+                      categories=dict(COCO_PANOPTIC_CATEGORIES)),
     )
 }
 
