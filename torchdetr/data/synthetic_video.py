@@ -24,7 +24,7 @@ import PIL.Image
 
 from ..errors import ConfigError
 from .coco import coco_from_dict
-from .synthetic import CATEGORIES, CLASS_NAMES, OBJECT_VALUE_RANGE, _random_color, paint_background, shape_mask
+from .synthetic import CATEGORIES, CLASS_NAMES, OBJECT_VALUE_RANGE, paint_background, random_color, shape_mask
 
 DEFAULT_VIDEO_SIZE = (320, 240)  # (W, H)
 DEFAULT_VIDEO_OBJECTS = 3
@@ -91,7 +91,7 @@ class SyntheticVideo:
             top, bottom = k * lane, (k + 1) * lane - side
             xs = rng.uniform(0, width - side, size=2)
             ys = rng.uniform(top, bottom, size=2)
-            color = tuple(int(v) for v in _random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
+            color = tuple(int(v) for v in random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
             self.shapes.append(MovingShape(
                 track_id=k + 1, category_id=int(rng.integers(1, len(CLASS_NAMES) + 1)), side=side,
                 turn=int(rng.integers(4)), color=color, start=(float(xs[0]), float(ys[0])), end=(float(xs[1]), float(ys[1])),
@@ -181,7 +181,7 @@ class SyntheticLargeImages:
         rng = np.random.default_rng([self.seed, index, 1])
         image = paint_background(rng, self.image_size)
         for category_id, x0, y0, side, turn in self.layouts[index]:
-            color = tuple(int(v) for v in _random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
+            color = tuple(int(v) for v in random_color(rng, (0.5, 1.0), OBJECT_VALUE_RANGE))
             image[y0:y0 + side, x0:x0 + side][shape_mask(category_id, side, turn)] = color
         return image
 
