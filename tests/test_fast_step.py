@@ -19,6 +19,7 @@ from .tiny import tiny_config
 
 LOSS_TOLERANCE = 1e-5
 GRADIENT_TOLERANCE = 1e-5  # relative to the largest gradient entry of the parameter
+GRADIENT_FLOOR = 1e-8  # absolute: gradients that cancel to ~1e-9 (a bias before GroupNorm) are float32 rounding noise
 
 
 def _batch(seed: int, counts: tuple[int, ...] = (3, 5)):
@@ -70,7 +71,7 @@ def test_fast_step_has_the_faithful_losses_and_gradients(overrides):
     assert fast_grads.keys() == faithful_grads.keys()
     for name, grad in faithful_grads.items():
         scale = grad.abs().max().clamp(min=1e-12)
-        assert (fast_grads[name] - grad).abs().max() <= GRADIENT_TOLERANCE * scale, name
+        assert (fast_grads[name] - grad).abs().max() <= GRADIENT_TOLERANCE * scale + GRADIENT_FLOOR, name
 
 
 def test_fast_attention_hooks_call_attention_without_weights_only_while_training():
