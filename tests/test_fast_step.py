@@ -11,6 +11,7 @@ from torchdetr.structures import nested_tensor_from_tensor_list
 from torchdetr.training.fast_step import (
     FastSetCriterion,
     enable_fast_attention,
+    enable_fast_training,
     match_layers,
     paired_generalized_box_iou,
 )
@@ -42,14 +43,14 @@ def _step(model, criterion, samples, targets):
     return {k: v.detach() for k, v in losses.items()}, grads
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(),
-    dict(cls_loss="focal", pre_norm=True, num_queries=7),
-    dict(masks=True, hidden_dim=128, nheads=8),
+@pytest.mark.parametrize("overrides, channels_last", [
+    (dict(), False),
+    (dict(cls_loss="focal", pre_norm=True, num_queries=7, backbone="resnet50", hidden_dim=64), True),
+    (dict(masks=True, hidden_dim=128, nheads=8), False),
 ])
-def test_fast_step_has_the_faithful_losses_and_gradients(overrides):
+def test_fast_step_has_the_faithful_losses_and_gradients(overrides, channels_last):
     torch.manual_seed(0)
-    cfg = tiny_config(dropout=0.0, num_classes=5, **overrides)
+    cfg = tiny_config(dropout=0.0, num_classes=5, backbone_norm="frozen", lr_backbone=1e-5, **overrides)
     model, criterion, _ = build_model(cfg)
     model.train()
     criterion.train()
@@ -60,10 +61,11 @@ def test_fast_step_has_the_faithful_losses_and_gradients(overrides):
             target["masks"] = torch.rand(len(target["labels"]), *image.shape[-2:], generator=generator) > 0.5
     faithful_losses, faithful_grads = _step(model, criterion, samples, targets)
 
-    handles = enable_fast_attention(model)
+    fast = enable_fast_training(model, channels_last=channels_last)
+    assert fast.patched  # the frozen norms were folded
     fast_losses, fast_grads = _step(model, FastSetCriterion.from_criterion(criterion), samples, targets)
-    for handle in handles:
-        handle.remove()
+    fast.remove()
+    assert criterion(model(samples), targets)["loss_ce"] == faithful_losses["loss_ce"]  # removed: the faithful step again
 
     assert list(fast_losses) == list(faithful_losses)  # same entries, same order
     for key, value in faithful_losses.items():

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
-from torchvision.ops import box_convert, sigmoid_focal_loss
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d, box_convert, sigmoid_focal_loss
 
 from ..losses.matcher import HungarianMatcher, Indices
 from ..losses.set_criterion import SetCriterion, Targets, top1_accuracy, world_average_num_boxes
@@ -41,8 +42,13 @@ LOSS_NAMES = {"labels": ("loss_ce", "class_error"), "boxes": ("loss_bbox", "loss
 
 
 def _attention_without_weights(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-    """Forward pre-hook: ``need_weights=False`` while training (the fused kernel; no head-averaged weights)."""
-    if not module.training:
+    """Forward pre-hook: ``need_weights=False`` while training (the fused kernel; no head-averaged weights).
+
+    Not on a CPU with attention dropout: there the fused kernel has no dropout and PyTorch falls back to
+    a composite path slower than the faithful one (measured in ``benchmarks/train_step.py``).
+    """
+    query = args[0] if args else kwargs.get("query")
+    if not module.training or (module.dropout > 0 and query is not None and query.device.type == "cpu"):
         return None
     return args, {**kwargs, "need_weights": False}
 
@@ -55,6 +61,82 @@ def enable_fast_attention(model: nn.Module) -> list[RemovableHandle]:
     """
     return [module.register_forward_pre_hook(_attention_without_weights, with_kwargs=True)
             for module in model.modules() if isinstance(module, nn.MultiheadAttention)]
+
+
+def _norm_pairs(body: nn.Module) -> list[tuple[nn.Conv2d, FrozenBatchNorm2d]]:
+    """(convolution, the frozen batch norm right after it) pairs of a torchvision ResNet body, by their names."""
+    modules = dict(body.named_modules())
+    pairs = []
+    for name, module in modules.items():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        prefix, _, leaf = name.rpartition(".")
+        if leaf.startswith("conv"):
+            norm_name = f"{prefix}.bn{leaf[4:]}" if prefix else f"bn{leaf[4:]}"
+        elif leaf == "0" and prefix.endswith("downsample"):
+            norm_name = f"{prefix}.1"
+        else:
+            continue
+        norm = modules.get(norm_name)
+        if isinstance(norm, FrozenBatchNorm2d):
+            pairs.append((module, norm))
+    return pairs
+
+
+def _folded_conv_forward(conv: nn.Conv2d, norm: FrozenBatchNorm2d, channels_last: bool):
+    """``conv`` then ``norm`` as one convolution with the norm folded into its weights (differentiable in them).
+
+    FrozenBatchNorm2d computes ``x · scale + shift`` with ``scale = w · rsqrt(running_var + eps)``,
+    ``shift = b − running_mean · scale``; ``conv(x, W · scale, shift)`` is the same function.
+    """
+    def forward(x: Tensor) -> Tensor:
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        if channels_last:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return conv._conv_forward(x, weight, shift)
+    return forward
+
+
+class FastTraining:
+    """What :func:`enable_fast_training` changed on a model; ``remove()`` restores the faithful forward."""
+
+    def __init__(self) -> None:
+        self.handles: list[RemovableHandle] = []
+        self.patched: list[nn.Module] = []  # modules whose ``forward`` is overridden on the instance
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        for module in self.patched:
+            del module.forward
+        self.handles, self.patched = [], []
+
+
+def enable_fast_training(model: nn.Module, channels_last: bool = False) -> FastTraining:
+    """The fast training forward on ``model`` itself (its parameters, module tree and state dict unchanged).
+
+    - every ``nn.MultiheadAttention`` skips its attention weights while training (:func:`enable_fast_attention`);
+    - every ResNet convolution followed by a ``FrozenBatchNorm2d`` runs as one convolution with the norm
+      folded into its weights (computed from the current weights at every call, so gradients reach
+      the convolution's weights as in the faithful step), the norm becoming the identity;
+      ``channels_last`` runs these convolutions channels-last.
+
+    Works under DistributedDataParallel and EMA (the same parameters are used). Evaluation of the same
+    model also takes the folded convolutions (same function, float32 rounding).
+    """
+    state = FastTraining()
+    state.handles = enable_fast_attention(model)
+    for module in model.modules():
+        for conv, norm in _norm_pairs(module) if isinstance(module, IntermediateLayerGetter) else ():
+            conv.forward = _folded_conv_forward(conv, norm, channels_last)
+            norm.forward = nn.Identity().forward
+            state.patched += [conv, norm]
+    return state
 
 
 def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
