@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torchvision.ops import generalized_box_iou
@@ -9,6 +11,7 @@ from torchvision.ops import generalized_box_iou
 from torchdetr import build_model
 from torchdetr.structures import nested_tensor_from_tensor_list
 from torchdetr.training.fast_step import (
+    FOLDED_NORM,
     FastSetCriterion,
     enable_fast_attention,
     enable_fast_training,
@@ -64,6 +67,11 @@ def test_fast_step_has_the_faithful_losses_and_gradients(overrides, channels_las
     fast = enable_fast_training(model, channels_last=channels_last)
     assert fast.patched  # the frozen norms were folded
     fast_losses, fast_grads = _step(model, FastSetCriterion.from_criterion(criterion), samples, targets)
+    copied = copy.deepcopy(model)  # as EMA copies it: the copy's folded convolutions use the copy's own modules
+    copied_modules = set(copied.modules())
+    folded = [m for m in copied.modules() if FOLDED_NORM in m.__dict__]
+    assert folded and all(m.forward.__self__ is m and m.__dict__[FOLDED_NORM] in copied_modules for m in folded)
+    assert torch.equal(copied(samples)["pred_logits"], model(samples)["pred_logits"])
     fast.remove()
     assert criterion(model(samples), targets)["loss_ce"] == faithful_losses["loss_ce"]  # removed: the faithful step again
 

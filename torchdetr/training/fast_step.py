@@ -24,6 +24,7 @@ Losses agree with the faithful criterion to float32 rounding (summation order), 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -83,23 +84,33 @@ def _norm_pairs(body: nn.Module) -> list[tuple[nn.Conv2d, FrozenBatchNorm2d]]:
     return pairs
 
 
-def _folded_conv_forward(conv: nn.Conv2d, norm: FrozenBatchNorm2d, channels_last: bool):
-    """``conv`` then ``norm`` as one convolution with the norm folded into its weights (differentiable in them).
+FOLDED_NORM = "_fast_training_norm"  # instance attribute of a folded convolution: its norm (not a submodule)
+CHANNELS_LAST = "_fast_training_channels_last"
+
+
+def _folded_conv_forward(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv`` then its frozen norm as one convolution with the norm folded into the weights (differentiable).
 
     FrozenBatchNorm2d computes ``x · scale + shift`` with ``scale = w · rsqrt(running_var + eps)``,
-    ``shift = b − running_mean · scale``; ``conv(x, W · scale, shift)`` is the same function.
+    ``shift = b − running_mean · scale``; ``conv(x, W · scale, shift)`` is the same function. Bound to
+    the convolution as its ``forward`` (a method, so that ``copy.deepcopy`` of the model, as EMA does,
+    binds the copy to the copied convolution and norm).
     """
-    def forward(x: Tensor) -> Tensor:
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-        shift = norm.bias - norm.running_mean * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        if channels_last:
-            weight = weight.contiguous(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return conv._conv_forward(x, weight, shift)
-    return forward
+    norm = conv.__dict__[FOLDED_NORM]
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias - norm.running_mean * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    if conv.__dict__[CHANNELS_LAST]:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return conv._conv_forward(x, weight, shift)
+
+
+def _identity_forward(module: nn.Module, x: Tensor) -> Tensor:
+    """A folded norm's forward: its work is done by the convolution before it."""
+    return x
 
 
 class FastTraining:
@@ -113,7 +124,8 @@ class FastTraining:
         for handle in self.handles:
             handle.remove()
         for module in self.patched:
-            del module.forward
+            for attribute in ("forward", FOLDED_NORM, CHANNELS_LAST):
+                module.__dict__.pop(attribute, None)
         self.handles, self.patched = [], []
 
 
@@ -133,8 +145,10 @@ def enable_fast_training(model: nn.Module, channels_last: bool = False) -> FastT
     state.handles = enable_fast_attention(model)
     for module in model.modules():
         for conv, norm in _norm_pairs(module) if isinstance(module, IntermediateLayerGetter) else ():
-            conv.forward = _folded_conv_forward(conv, norm, channels_last)
-            norm.forward = nn.Identity().forward
+            conv.__dict__[FOLDED_NORM] = norm
+            conv.__dict__[CHANNELS_LAST] = channels_last
+            conv.forward = types.MethodType(_folded_conv_forward, conv)
+            norm.forward = types.MethodType(_identity_forward, norm)
             state.patched += [conv, norm]
     return state
 
