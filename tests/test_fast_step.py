@@ -117,3 +117,14 @@ def test_paired_giou_is_the_diagonal_of_torchvision_giou():
     corner = torch.rand(20, 2, generator=generator)
     b = torch.cat([corner, corner + torch.rand(20, 2, generator=generator) + 0.01], 1)
     assert torch.allclose(paired_generalized_box_iou(a, b), torch.diag(generalized_box_iou(a, b)), rtol=0, atol=1e-7)
+
+
+def test_fast_train_option_builds_the_fast_step_on_the_saved_model():
+    from torchdetr.engine.run_model import build_run_model
+
+    faithful = build_run_model(tiny_config(backbone_norm="frozen"), torch.device("cpu"), distributed=False)
+    fast = build_run_model(tiny_config(backbone_norm="frozen", fast_train=True, ema=True), torch.device("cpu"),
+                           distributed=False)
+    assert isinstance(fast.train_criterion, FastSetCriterion) and not isinstance(faithful.train_criterion, FastSetCriterion)
+    assert any(FOLDED_NORM in m.__dict__ for m in fast.model.modules())
+    assert fast.model.state_dict().keys() == faithful.model.state_dict().keys()  # checkpoints unchanged
