@@ -48,7 +48,7 @@ def _step(model, criterion, samples, targets):
 
 @pytest.mark.parametrize("overrides, channels_last", [
     (dict(), False),
-    (dict(cls_loss="focal", pre_norm=True, num_queries=7, backbone="resnet50", hidden_dim=64), True),
+    (dict(cls_loss="focal", pre_norm=True, num_queries=7, hidden_dim=64), True),
     (dict(masks=True, hidden_dim=128, nheads=8), False),
 ])
 def test_fast_step_has_the_faithful_losses_and_gradients(overrides, channels_last):
