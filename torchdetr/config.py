@@ -276,6 +276,9 @@ class DETRConfig(ModelConfig):
     amp: str = _option("none", "mixed precision: none, bf16 or fp16", "run", choices=("none", "bf16", "fp16"))
     channels_last: bool = _option(False, "channels-last memory format for the backbone (faster convolutions on CPU)",
                                   "run")
+    fast_train: bool = _option(
+        False, "faster training step with the same losses: frozen batch norms folded into the backbone's convolutions, "
+        "attention without its unused weights, all decoder layers matched and scored at once", "run")
     print_freq: int = _option(50, "log a progress line every N iterations when not on a terminal", "run", ge=1)
     logger: str = _option(
         "tensorboard", "experiment trackers, comma-separated: tensorboard, mlflow, wandb, or none (mlflow and wandb "

@@ -14,6 +14,7 @@ from ..config import DETRConfig
 from ..losses.build import build_model
 from ..losses.set_criterion import SetCriterion
 from ..training import ModelEMA, build_training_model
+from ..training.fast_step import FastSetCriterion, enable_fast_training
 from .start import load_start_weights
 
 log = logging.getLogger("torchdetr.train")
@@ -60,6 +61,10 @@ def build_run_model(cfg: DETRConfig, device: torch.device, distributed: bool) ->
              cfg.num_queries, cfg.num_classes, f"{n_parameters:,}", start)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.fast_train:
+        enable_fast_training(model, channels_last=cfg.channels_last)
+        criterion = FastSetCriterion.from_criterion(criterion)
+        log.info("--fast_train: folded frozen norms, attention without weights, all decoder layers matched at once")
     training = build_training_model(model, criterion, cfg)
     train_module, train_criterion = training if training is not None else (model, criterion)
     train_module.to(device)
