@@ -19,7 +19,7 @@ import argparse
 import functools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -228,6 +228,30 @@ def save_picture(picture: Image.Image, target: Path) -> None:
     replace_atomic(target, lambda tmp: picture.save(tmp, format=fmt, **options), what="picture")
 
 
+def readable_batches(files: Sequence[ImageFile], batch_size: int,
+                     skipped: list[str]) -> Iterator[tuple[list[int], list[Image.Image]]]:
+    """``files`` decoded ``batch_size`` at a time (the data layer's loader: EXIF orientation, RGB), as (their indices,
+    the images), with a progress bar over the files. Unreadable files are reported, named in ``skipped`` and left out."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..inference.detector import to_pil_image
+
+    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
+    for start in range(0, len(files), batch_size):
+        chunk, images = [], []
+        for index in range(start, min(start + batch_size, len(files))):
+            try:
+                images.append(to_pil_image(files[index].path))
+                chunk.append(index)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append(files[index].name)
+                progress.write(f"skipped: {err}")
+        yield chunk, images
+        progress.update(min(batch_size, len(files) - start))
+    progress.close()
+
+
 def _detect(detector: Detector, images: list, tiling: Tiling | None) -> list[list[Detection]]:
     """One batch of images → detections, tiled when ``--tile`` asks for it (else exactly ``Detector.detect``)."""
     if tiling is None:
@@ -236,10 +260,7 @@ def _detect(detector: Detector, images: list, tiling: Tiling | None) -> list[lis
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-    from tqdm import tqdm
 
-    from ..inference.detector import to_pil_image
     from ..viz.draw import draw_detections
 
     if args.batch_size < 1:
@@ -275,16 +296,7 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[str] = []
     used_names: set[str] = set()
     num_detections = num_images = 0
-    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
-    for start in range(0, len(files), args.batch_size):
-        chunk, images = [], []
-        for index in range(start, min(start + args.batch_size, len(files))):
-            try:
-                images.append(to_pil_image(files[index].path))
-                chunk.append(index)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                skipped.append(files[index].name)
-                progress.write(f"skipped: {err}")
+    for chunk, images in readable_batches(files, args.batch_size, skipped):
         if images:
             for index, image, detections in zip(chunk, images, _detect(detector, images, tiling)):
                 num_images += 1
@@ -293,8 +305,6 @@ def run(args: argparse.Namespace) -> int:
                     results.extend(coco_results(detections, image_ids[index], files[index].name))
                 if not args.no_render:
                     save_picture(draw_detections(image, detections), pictures / picture_name(files[index].name, used_names))
-        progress.update(min(args.batch_size, len(files) - start))
-    progress.close()
 
     predictions = output / PREDICTIONS_FILE
     write_atomic(predictions, lambda f: f.write(json.dumps(results).encode()), what="predictions")
@@ -308,10 +318,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_panoptic(args: argparse.Namespace, files: Sequence[ImageFile], image_ids: Sequence[int | None],
                   detector: Detector) -> int:
     """``--task panoptic``: COCO panoptic PNGs + JSON, and pictures with coloured, named segments."""
-    from PIL import Image
-    from tqdm import tqdm
 
-    from ..inference.detector import to_pil_image
     from ..models.build import COCO_THING_MAX_ID
     from ..viz.panoptic import draw_panoptic
 
@@ -323,16 +330,7 @@ def _run_panoptic(args: argparse.Namespace, files: Sequence[ImageFile], image_id
     used_pictures: set[str] = set()
     used_pngs: set[str] = set()
     num_segments = num_images = 0
-    progress = tqdm(total=len(files), unit="img", desc="predict", disable=True if len(files) < 2 else None)
-    for start in range(0, len(files), args.batch_size):
-        chunk, images = [], []
-        for index in range(start, min(start + args.batch_size, len(files))):
-            try:
-                images.append(to_pil_image(files[index].path))
-                chunk.append(index)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                skipped.append(files[index].name)
-                progress.write(f"skipped: {err}")
+    for chunk, images in readable_batches(files, args.batch_size, skipped):
         if images:
             for index, image, prediction in zip(chunk, images, detector.segment(images, args.threshold)):
                 num_images += 1
@@ -346,8 +344,6 @@ def _run_panoptic(args: argparse.Namespace, files: Sequence[ImageFile], image_id
                     names = {s.category_id: s.name for s in prediction.segments}
                     save_picture(draw_panoptic(image, prediction.id_map, prediction.segments_info, names),
                                  pictures / picture_name(files[index].name, used_pictures))
-        progress.update(min(args.batch_size, len(files) - start))
-    progress.close()
 
     isthing = detector.isthing or {}
     categories = [{"id": cid, "name": name, "isthing": int(isthing.get(cid, cid <= COCO_THING_MAX_ID))}

@@ -229,20 +229,7 @@ class Detector:
         resolved = resolve_device(device)
         providers = ["CPUExecutionProvider"] if resolved.type == "cpu" else None
         runner = OnnxRunner(path, providers=providers)
-        config = runner.config
-        image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
-        detector = cls(
-            runner,
-            runner.category_names,
-            threshold=threshold,
-            image_size=image_size,
-            max_size=max_size,
-            device="cpu",
-            batch_size=batch_size,
-            focal=config is not None and config.cls_loss == "focal",
-        )
-        detector.source = str(path)
-        return detector
+        return cls._from_runner(runner, path, threshold, image_size, max_size, batch_size)
 
     @classmethod
     def from_exported(
@@ -267,11 +254,18 @@ class Detector:
             return cls.from_onnx(path, device, threshold, image_size=image_size, max_size=max_size, batch_size=batch_size)
         if fmt != "openvino":
             raise ConfigError(f"{path}: predict and serve run ONNX (.onnx) and OpenVINO (.xml) files, not {fmt}")
-        runner = OpenVinoRunner(path)
+        return cls._from_runner(OpenVinoRunner(path), path, threshold, image_size, max_size, batch_size)
+
+    @classmethod
+    def _from_runner(cls, runner: ModelRunner, path: str | Path, threshold: float, image_size: int | None,
+                     max_size: int | None, batch_size: int) -> Detector:
+        """A detector over an exported model's runner: class names, input size and loss kind from its metadata."""
         config = runner.config
         image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
-        return cls(runner, runner.category_names, threshold=threshold, image_size=image_size, max_size=max_size,
-                   device="cpu", batch_size=batch_size, focal=config is not None and config.cls_loss == "focal")
+        detector = cls(runner, runner.category_names, threshold=threshold, image_size=image_size, max_size=max_size,
+                       device="cpu", batch_size=batch_size, focal=config is not None and config.cls_loss == "focal")
+        detector.source = str(path)
+        return detector
 
     # ------------------------------------------------------------------ pre-processing
     def preprocess(self, image: Image.Image) -> Tensor:
