@@ -126,7 +126,8 @@ def evaluate(
         isthing = {cid: category.isthing for cid, category in panoptic_gt.categories.items()}
         panoptic_postprocess = build_postprocessors(cfg, isthing=isthing)["panoptic"]
         panoptic_evaluator = PanopticEvaluator(
-            panoptic_gt, output_dir / PANOPTIC_EVAL_DIR if output_dir is not None and du.is_main_process() else None)
+            # every process writes the PNGs of its own images (as the original); the main process the JSON
+            panoptic_gt, output_dir / PANOPTIC_EVAL_DIR if output_dir is not None else None)
     averager = LossAverager(criterion.weight_dict)
     for samples, targets in progress(data_loader, desc="eval"):
         samples, targets = to_device(samples, targets, device, cfg.channels_last)

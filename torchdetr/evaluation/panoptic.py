@@ -41,6 +41,7 @@ import numpy as np
 import torch.distributed as dist
 from PIL import Image
 
+from ..atomic_write import replace_atomic, write_atomic
 from ..data.io import load_segment_ids
 from ..data.layout import panoptic_png_dir_for
 from ..data.panoptic import PanopticCategory, PanopticImage, load_panoptic_json, panoptic_categories
@@ -300,7 +301,9 @@ class PanopticEvaluator:
                                             f"image {image_id}")
             if self.output_dir is not None:
                 file_name = f"{image_id:012d}.png"
-                Image.fromarray(id2rgb(prediction.id_map)).save(self.output_dir / file_name)
+                png = Image.fromarray(id2rgb(prediction.id_map))
+                replace_atomic(self.output_dir / file_name, lambda tmp, png=png: png.save(tmp, format="PNG"),
+                               what="panoptic prediction")
                 self.predictions[image_id] = {"image_id": image_id, "file_name": file_name,
                                               "segments_info": list(prediction.segments)}
 
@@ -321,14 +324,15 @@ class PanopticEvaluator:
     def summarize(self) -> PQResult:
         """PQ over the images seen; writes ``predictions.json`` when writing predictions."""
         total = PQStat()
-        for stat in self.stats.values():
-            total += stat
+        for image_id in sorted(self.stats):  # one order for any number of processes: the same float sums
+            total += self.stats[image_id]
         if self.dropped:
             log.warning("panoptic evaluation: %d predicted segment(s) of classes that are not categories of the data "
                         "were left out (their pixels count as unlabelled)", self.dropped)
         if self.output_dir is not None and self.predictions:
             content = {"annotations": [self.predictions[i] for i in sorted(self.predictions)]}
-            (self.output_dir / PREDICTIONS_FILE).write_text(json.dumps(content))
+            text = json.dumps(content).encode()
+            write_atomic(self.output_dir / PREDICTIONS_FILE, lambda f: f.write(text), what="panoptic predictions")
         return total.result(self.categories, num_images=len(self.stats))
 
 
