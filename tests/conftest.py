@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,6 +20,9 @@ DATA = SHARED / "data"
 # Set by .ci/run: a missing ../shared fixture fails the test instead of skipping it, so that the oracle
 # ("faithful to the original") tests cannot pass CI as skipped. Users without ../shared still skip.
 REQUIRE_SHARED_VARIABLE = "TORCHDETR_REQUIRE_SHARED"
+# Set by .ci/run too: a package of the `test` extra (pyproject.toml) that cannot be imported fails the tests that
+# need it instead of skipping them, so a broken install cannot leave a feature untested in a green CI run.
+REQUIRE_EXTRAS_VARIABLE = "TORCHDETR_REQUIRE_EXTRAS"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -35,6 +40,27 @@ def require(path: Path) -> Path:
             pytest.fail(f"{message}; {REQUIRE_SHARED_VARIABLE} is set (CI), so the fixtures must be there")
         pytest.skip(message)
     return path
+
+
+def extras_required() -> bool:
+    """Whether ``TORCHDETR_REQUIRE_EXTRAS`` asks for every package of the ``test`` extra to be importable."""
+    return os.environ.get(REQUIRE_EXTRAS_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_package(name: str, reason: str | None = None):
+    """``pytest.importorskip(name)``, except under ``TORCHDETR_REQUIRE_EXTRAS=1`` (CI), where a missing package fails."""
+    if extras_required():
+        try:
+            return importlib.import_module(name)
+        except ImportError as err:
+            pytest.fail(f"{name} cannot be imported ({err}); {REQUIRE_EXTRAS_VARIABLE} is set (CI), so the test extra "
+                        "must be installed")
+    return pytest.importorskip(name, reason=reason)
+
+
+def package_missing(name: str) -> bool:
+    """For ``skipif``: the package is absent and CI does not require it (under CI the test runs and fails)."""
+    return importlib.util.find_spec(name) is None and not extras_required()
 
 
 def _decode(entry: dict) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torchdetr.cli import main
 from torchdetr.data.synthetic import write_coco_folder
 from torchdetr.viz.draw import class_color
 
+from .conftest import require_package
 from .test_predict import write_tiny_checkpoint
 
 
@@ -147,8 +148,8 @@ def test_visualize_attention_writes_the_two_pictures(tmp_path, checkpoint, datas
 
 
 def test_predict_with_onnx_matches_pytorch(tmp_path, checkpoint, dataset):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    require_package("onnxruntime")
+    require_package("onnxscript")
     import onnx
 
     from torchdetr.inference.export import export_onnx, loaded_model_metadata

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from torchdetr.evaluation.checks import CocoFormatError
 from torchdetr.evaluation.coco import CocoEvaluator
 from torchdetr.evaluation.results_file import evaluate_results_file
 from torchdetr.evaluation.tables import STAT_DESCRIPTIONS, STAT_NAMES, format_per_class_table, format_stats_table, stats_dict
+
+from .conftest import package_missing
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 H, W = 120, 160  # every test image has this size
@@ -357,7 +358,7 @@ def test_save_eval_loads_with_weights_only(gt_file: Path, coco_gt: COCO, tmp_pat
     assert data["category_names"] == {1: "cat", 2: "dog", 3: "bird"} and data["iou_type"] == "bbox"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("faster_coco_eval") is None, reason="faster-coco-eval not installed")
+@pytest.mark.skipif(package_missing("faster_coco_eval"), reason="faster-coco-eval not installed")
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_faster_coco_eval_backend_matches(gt_file: Path, coco_gt: COCO, iou_type: str, tmp_path: Path) -> None:
     dets = float32_scores(make_detections())

@@ -9,7 +9,6 @@ in another order (the last bit of AP differs on some sets).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -23,9 +22,9 @@ from pycocotools.cocoeval import COCOeval
 from torchdetr.evaluation.checks import resolve_backend
 from torchdetr.evaluation.results_file import evaluate_results_file
 
-from .conftest import DATA, require
+from .conftest import DATA, package_missing, require
 
-needs_faster = pytest.mark.skipif(importlib.util.find_spec("faster_coco_eval") is None,
+needs_faster = pytest.mark.skipif(package_missing("faster_coco_eval"),
                                   reason="faster-coco-eval not installed")
 KEEP, WRONG_CLASS, DUPLICATE, FALSE_POSITIVES_PER_IMAGE, JITTER = 0.85, 0.1, 0.1, 2, 0.15
 

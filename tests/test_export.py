@@ -27,10 +27,11 @@ from torchdetr.models.build import build_detector
 from torchdetr.models.postprocess import PostProcess
 from torchdetr.structures import nested_tensor_from_tensor_list
 
+from .conftest import require_package
 from .tiny import tiny_config
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+require_package("onnxruntime")
+require_package("onnxscript")
 
 TOL = 1e-4
 SAMPLE = (64, 80)  # export sample (H, W); the inputs below are all of other sizes

@@ -15,7 +15,7 @@ from torchdetr.cli import main
 from torchdetr.inference.detector import Detector
 from torchdetr.inference.export_contract import INT8_TOLERANCE, TOLERANCE
 
-from .conftest import DATA, require
+from .conftest import DATA, require, require_package
 from .test_predict import NAMES, write_tiny_checkpoint
 
 IMAGE_SIZE = "128"
@@ -38,8 +38,8 @@ def _bccd_images(count: int) -> list[str]:
 
 
 def test_openvino_export_passes_the_check_and_predicts_like_pytorch(tmp_path, checkpoint, capsys):
-    pytest.importorskip("openvino")
-    pytest.importorskip("onnxscript")
+    require_package("openvino")
+    require_package("onnxscript")
     xml = tmp_path / "model.xml"
     assert main(["export", "--model", str(checkpoint), "--output", str(xml), "--image_size", IMAGE_SIZE]) == 0
     printed = capsys.readouterr().out
@@ -54,8 +54,8 @@ def test_openvino_export_passes_the_check_and_predicts_like_pytorch(tmp_path, ch
 
 
 def test_int8_export_is_calibrated_on_data_and_agrees_with_pytorch(tmp_path, checkpoint, capsys):
-    pytest.importorskip("onnxruntime.quantization")
-    pytest.importorskip("onnxscript")
+    require_package("onnxruntime.quantization")
+    require_package("onnxscript")
     data = require(DATA / "bccd")
     assert main(["export", "--model", str(checkpoint), "--output", str(tmp_path / "x.onnx"), "--format", "int8"]) == 2
     assert "--data" in capsys.readouterr().err

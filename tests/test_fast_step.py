@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torchvision.ops import generalized_box_iou
 
 from torchdetr import build_model
 from torchdetr.structures import nested_tensor_from_tensor_list
@@ -16,7 +15,6 @@ from torchdetr.training.fast_step import (
     enable_fast_attention,
     enable_fast_training,
     match_layers,
-    paired_generalized_box_iou,
 )
 
 from .tiny import tiny_config
@@ -108,15 +106,6 @@ def test_match_layers_equals_the_matcher_of_each_layer():
         expected = criterion.matcher(layer, targets)
         for (src, tgt), (src_expected, tgt_expected) in zip(indices, expected):
             assert torch.equal(src, src_expected) and torch.equal(tgt, tgt_expected)
-
-
-def test_paired_giou_is_the_diagonal_of_torchvision_giou():
-    generator = torch.Generator().manual_seed(5)
-    corner = torch.rand(20, 2, generator=generator)
-    a = torch.cat([corner, corner + torch.rand(20, 2, generator=generator) + 0.01], 1)
-    corner = torch.rand(20, 2, generator=generator)
-    b = torch.cat([corner, corner + torch.rand(20, 2, generator=generator) + 0.01], 1)
-    assert torch.allclose(paired_generalized_box_iou(a, b), torch.diag(generalized_box_iou(a, b)), rtol=0, atol=1e-7)
 
 
 def test_fast_train_option_builds_the_fast_step_on_the_saved_model():

@@ -45,7 +45,7 @@ from torchdetr.atomic_write import TEMPORARY_FILE
 from torchdetr.cli import main
 from torchdetr.data.synthetic import write_coco_folder
 
-from .conftest import ROOT
+from .conftest import ROOT, require_package
 from .test_predict import write_tiny_checkpoint
 from .tiny import TINY_MODEL
 
@@ -451,7 +451,7 @@ def _(c: Case):
 
 @fault("ONNX file is garbage", "checkpoint")
 def _(c: Case):
-    pytest.importorskip("onnxruntime")
+    require_package("onnxruntime")
     path = c.file("model.onnx", b"\x08\x07garbage" * 10)
     return ["predict", str(c.world.image), "--onnx", str(path), "--output", str(c.out), "--device", "cpu"], "model.onnx"
 
@@ -920,7 +920,7 @@ def test_a_damaged_exported_model_is_one_line_naming_it(suffix, damage, exported
     from torchdetr.inference.runtimes import load_exported
 
     if suffix == ".onnx":
-        pytest.importorskip("onnxruntime")
+        require_package("onnxruntime")
     path = tmp_path / f"model{suffix}"
     path.write_bytes(EXPORTED_DAMAGE[damage](exported[suffix]))
     with pytest.raises(InputFileError) as caught:

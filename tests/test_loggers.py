@@ -16,6 +16,8 @@ from torchdetr.engine.loggers import row_metrics
 from torchdetr.errors import MissingExtraError
 from torchdetr.evaluation.tables import STAT_NAMES
 
+from .conftest import require_package
+
 TRAIN = ["train", "--dataset_file", "synthetic", "--num_train", "8", "--num_val", "4", "--image_size", "64",
          "--backbone", "resnet18", "--hidden_dim", "32", "--nheads", "2", "--enc_layers", "1", "--dec_layers", "1",
          "--dim_feedforward", "32", "--num_queries", "5", "--batch_size", "4", "--backbone_weights", "none",
@@ -64,8 +66,8 @@ def _wandb_history(run_file: str) -> list[dict[str, float]]:
 
 
 def test_mlflow_and_wandb_runs_hold_the_numbers_of_log_txt(tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    pytest.importorskip("wandb")
+    mlflow = require_package("mlflow")
+    require_package("wandb")
     tracking = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -308,7 +308,7 @@ def test_files_give_the_in_memory_numbers(tmp_path):
     ("unknown_image", DataError, "no ground truth"),
     ("size", DataError, "width x height"),
     ("unknown_category", DataError, "unknown category_id 12345"),
-    ("png_folder", DataError, "--results_png_dir"),
+    ("png_folder", MissingFileError, "--results_png_dir"),
 ])
 def test_file_mode_input_errors(tmp_path, case, error, message):
     _, _, images = load_sample()

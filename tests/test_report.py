@@ -10,6 +10,8 @@ from torchdetr.data.coco import coco_from_dict
 from torchdetr.errors import ConfigError
 from torchdetr.evaluation.report import ALL, BACKGROUND, confusion_matrix, error_report, format_report_table
 
+from .conftest import require_package
+
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "bird"}]
 K = len(CATEGORIES)
 
@@ -94,7 +96,7 @@ def test_ground_truth_given_as_detections_is_a_diagonal_matrix():
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize(("conf", "iou"), [(0.3, 0.5), (0.6, 0.3), (0.0, 0.75)])
 def test_the_matrix_equals_supervision_confusion_matrix(seed, conf, iou):
-    sv = pytest.importorskip("supervision")
+    sv = require_package("supervision")
     coco, dets = _random_case(np.random.default_rng(seed))
     matrix, category_ids, _, _ = confusion_matrix(coco, dets, conf=conf, iou=iou)
 

@@ -29,9 +29,10 @@ from torchdetr.serve import ServeSettings, create_app
 from torchdetr.serve.limits import BodySizeLimit
 from torchdetr.serve.settings import API_KEY_VARIABLE, api_key_from_environment
 
+from .conftest import require_package
 from .test_predict import NAMES, random_image, write_tiny_checkpoint
 
-pytest.importorskip("fastapi")
+require_package("fastapi")
 with warnings.catch_warnings():  # newer Starlette asks for httpx2; httpx works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient

@@ -18,9 +18,10 @@ from torchdetr.engine.checkpoint import load_checkpoint
 from torchdetr.engine.launch import JobResources, distributed_environment, master_port
 from torchdetr.errors import ConfigError
 
+from .conftest import require_package
 from .tiny import TINY_MODEL
 
-pytest.importorskip("submitit")  # the [submit] extra (installed in CI through [test])
+require_package("submitit")  # the [submit] extra (installed in CI through [test])
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [f"--{k}={v}" for k, v in TINY_MODEL.items()] + [

@@ -8,27 +8,28 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-pytest.importorskip("trackers", reason="the track extra is not installed")
-pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+from .conftest import require_package
 
-from trackers.eval import compute_clear_metrics
+require_package("trackers", reason="the track extra is not installed")
+require_package("av", reason="the video extra (PyAV) is not installed")
 
-import torchdetr.cli.track as track_cli
-from torchdetr import Detector
-from torchdetr.cli import main
-from torchdetr.data.synthetic_video import SyntheticVideo, TrackedBox
-from torchdetr.inference.detection import Detection
-from torchdetr.inference.tracking import Tracker
-from torchdetr.inference.video import write_video
-from torchdetr.viz.draw import class_color
-from torchdetr.viz.tracks import Trails, draw_tracks
+from trackers.eval import compute_clear_metrics  # noqa: E402
 
-from .planted import BrightBlobModel
+import torchdetr.cli.track as track_cli  # noqa: E402
+from torchdetr import Detector  # noqa: E402
+from torchdetr.cli import main  # noqa: E402
+from torchdetr.data.synthetic_video import SyntheticVideo, TrackedBox  # noqa: E402
+from torchdetr.inference.detection import Detection  # noqa: E402
+from torchdetr.inference.tracking import Tracker  # noqa: E402
+from torchdetr.inference.video import write_video  # noqa: E402
+from torchdetr.viz.draw import class_color  # noqa: E402
+from torchdetr.viz.tracks import Trails, draw_tracks  # noqa: E402
+
+from .planted import BrightBlobModel  # noqa: E402
 
 MATCH_IOU = 0.5
 

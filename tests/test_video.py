@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+from .conftest import require_package
+
+av = require_package("av", reason="the video extra (PyAV) is not installed")
 
 from torchdetr import Detector  # noqa: E402
 from torchdetr.cli import main  # noqa: E402
@@ -145,7 +147,7 @@ def test_every_n_predicts_every_nth_frame_and_keeps_the_duration(tmp_path, clip,
 
 @pytest.mark.parametrize("source", ["7", "rtsp://127.0.0.1:9/nothing", "http://127.0.0.1:9/clip.mp4"])
 def test_missing_camera_or_unreachable_stream_is_one_error_line_with_exit_2(tmp_path, source, capsys):
-    pytest.importorskip("cv2", reason="the camera extra (OpenCV) is not installed")
+    require_package("cv2", reason="the camera extra (OpenCV) is not installed")
     code = main(["predict", source, "--model", "not-loaded.pth", "--output", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2

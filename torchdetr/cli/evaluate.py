@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         if not (args.ann and args.results):
             raise ConfigError("--ann and --results go together (evaluate a detections file against its ground truth)")
         if args.gt_png_dir or args.results_png_dir or Path(args.ann).name.startswith("panoptic_"):
+            if args.report_dir:
+                raise ConfigError("--report applies to detections files and models, not to panoptic predictions")
             return _evaluate_panoptic_file(args)
         return _evaluate_file(args)
     if args.gt_png_dir or args.results_png_dir:

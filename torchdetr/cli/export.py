@@ -17,7 +17,7 @@ from ..inference.export_contract import (
     sample_size_for,
     tolerance_for,
 )
-from ..output_paths import make_output_folder, refuse_inputs
+from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
 
 DEFAULT_CALIBRATION_IMAGES = 32
 
@@ -50,15 +50,20 @@ def add_parser(subparsers) -> None:
                    help="fixed input shape (batch 1 × the sample size) instead of dynamic batch/height/width")
     p.add_argument("--no-check", "--no_check", dest="check", action="store_false",
                    help="skip the comparison with the eager model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(func=run)
 
 
 def check_output(args: argparse.Namespace) -> Path:
-    """``--output``, refused when it is ``--model`` (or any input) or a folder; its folder is created."""
+    """``--output``, refused when it is ``--model`` (or any input) or a folder, or holds an earlier export
+    (unless ``--overwrite``); its folder is created. An OpenVINO ``.xml`` brings its ``.bin`` along."""
     output = Path(args.output)
-    refuse_inputs(output, [args.model], what=f"--output {output}")
+    written = [output, output.with_suffix(".bin")] if output.suffix.lower() == ".xml" else [output]
+    for path in written:
+        refuse_inputs(path, [args.model, getattr(args, "data", None)], what=f"--output {output}")
     if output.is_dir():
         raise OutputError(f"--output {output} is a folder: give the file to write (e.g. {output / 'model.onnx'})")
+    refuse_earlier_work(written, what=f"--output {output}", overwrite=args.overwrite)
     make_output_folder(output.parent, what=f"--output {output}: its folder {output.parent}")
     return output
 

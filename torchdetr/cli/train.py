@@ -38,6 +38,8 @@ def config_for_training(args: argparse.Namespace) -> DETRConfig:
 def finish_run(result) -> list[Path]:
     """The end of a training run: the error report of the best model and the training curves in
     ``OUTPUT_DIR/report`` (with ``--report``, the default); returns the files for the experiment trackers."""
+    from ..engine.best import BEST_CHECKPOINT_NAME
+    from ..engine.checkpoint import CHECKPOINT_NAME
     from ..engine.run_dir import REPORT_DIR
     from ..evaluation.report import format_report_table
     from ..viz.figure_file import save_figure
@@ -51,8 +53,8 @@ def finish_run(result) -> list[Path]:
     files: list[Path] = []
     if result.best_eval is not None and result.best_eval.evaluator is not None:
         best = result.best or {}
-        model = ({"model": "checkpoint_best.pth", "epoch": best["epoch"], best["metric"]: best["value"]} if best
-                 else {"model": "checkpoint.pth"})
+        model = ({"model": BEST_CHECKPOINT_NAME, "epoch": best["epoch"], best["metric"]: best["value"]} if best
+                 else {"model": CHECKPOINT_NAME})
         report, files = write_evaluation_report(result.best_eval, folder, result.val_dataset, extra=model)
         print(f"\nerror report of {model['model']}" + (f" (epoch {best['epoch']})" if best else "") + ":")
         print(format_report_table(report))

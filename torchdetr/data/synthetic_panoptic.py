@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from ..atomic_write import write_atomic
 from ..errors import ConfigError
+from ..output_paths import make_output_folder, writing
 from ..structures import id2rgb
 from .layout import generic_panoptic_split_files
 from .synthetic import BACKGROUND_VALUE_RANGE, CATEGORIES, MIN_IMAGE_SIZE, NATIVE_SIZE, random_color, sample_layout, split_seed
@@ -146,17 +148,19 @@ def write_panoptic_folder(
     for image_set, count in (("train", num_train), ("val", num_val)):
         files = generic_panoptic_split_files(out, image_set)
         for folder in (files.images_dir, files.png_dir, files.ann_file.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_output_folder(folder, what=str(out))
         split = split_seed(seed, image_set)
         images, annotations = [], []
         for i in range(count):
             name = f"{image_set}_{i:06d}.png"
             image, ids, segments = render_panoptic(split, i, image_size)
-            PIL.Image.fromarray(image).save(files.images_dir / name, compress_level=1)
-            PIL.Image.fromarray(id2rgb(ids)).save(files.png_dir / name, compress_level=1)
+            for folder, pixels in ((files.images_dir, image), (files.png_dir, id2rgb(ids))):
+                with writing(folder / name, what="image") as path:  # whole or absent, whatever happens
+                    PIL.Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
             images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
             annotations.append({"image_id": i + 1, "file_name": name, "segments_info": segments})
         content = {"info": {"description": f"torchdetr synthetic panoptic shapes (seed {seed}, {image_size} px)"},
                    "images": images, "annotations": annotations, "categories": panoptic_categories_json()}
-        files.ann_file.write_text(json.dumps(content))
+        text = json.dumps(content).encode()
+        write_atomic(files.ann_file, lambda f, text=text: f.write(text), what="annotations")
     return out

@@ -397,7 +397,7 @@ def evaluate_panoptic_files(
     results_png_dir = Path(results_png_dir) if results_png_dir is not None else results_file.with_suffix("")
     for what, folder in (("--gt_png_dir", gt_png_dir), ("--results_png_dir", results_png_dir)):
         if not folder.is_dir():
-            raise DataError(f"{what}: folder of segment PNGs not found: {folder}")
+            raise MissingFileError(f"{what}: folder of segment PNGs not found: {folder}")
     content, validation = load_panoptic_json(ann_file)
     categories = panoptic_categories([c for c in content["categories"] if c.get("id") in validation.isthing])
     predictions = read_panoptic_predictions(results_file)

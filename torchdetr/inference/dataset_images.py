@@ -36,7 +36,11 @@ def dataset_images(data_dir: str | Path, split: str = DEFAULT_SPLIT, limit: int 
         entries = json.loads(files.ann_file.read_text())["images"]
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{files.ann_file}: not a COCO annotation file (no 'images' list)") from None
-    images = [DatasetImage(int(e["id"]), files.images_dir / e["file_name"]) for e in entries[:limit]]
+    try:
+        images = [DatasetImage(int(e["id"]), files.images_dir / e["file_name"]) for e in entries[:limit]]
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{files.ann_file}: an 'images' entry without an integer 'id' and a 'file_name' "
+                        f"(run `detr data check {data_dir}`)") from None
     if not images:
         raise DataError(f"{files.ann_file}: no images")
     return files.ann_file, images

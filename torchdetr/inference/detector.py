@@ -456,7 +456,7 @@ class Detector:
             outputs = model(samples)
         detections = self.detections_from_outputs(outputs, torch.tensor([[pil.height, pil.width]]), threshold)[0]
         if captured.decoder is None:
-            raise RuntimeError(f"{type(self.model).__name__}: no decoder attention was captured")
+            raise ConfigError(f"{type(model).__name__}: no decoder attention was captured (not a DETR transformer?)")
         h, w = captured.feature_size
         encoder = None
         if captured.encoder is not None:

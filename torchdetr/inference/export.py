@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -365,8 +366,12 @@ def export_openvino(
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, sample_size=sample_size, dynamic=dynamic, check=False, metadata=metadata)
         converted = ov.convert_model(str(onnx_path))
-    converted.set_rt_info(json.dumps(default_metadata(model, metadata)), [OPENVINO_METADATA_KEY])
-    ov.save_model(converted, str(path), compress_to_fp16=False)
+        converted.set_rt_info(json.dumps(default_metadata(model, metadata)), [OPENVINO_METADATA_KEY])
+        staged = Path(tmp) / "model.xml"
+        ov.save_model(converted, str(staged), compress_to_fp16=False)
+        # the weights first, then the .xml that names them: each appears whole or not at all
+        for source, target in ((staged.with_suffix(".bin"), path.with_suffix(".bin")), (staged, path)):
+            replace_atomic(target, lambda out, source=source: shutil.copyfile(source, out), what="exported model")
     log.debug("wrote %s (OpenVINO IR)", path)
     return _checked(model, path, "openvino", sample_size, dynamic) if check else None
 
@@ -424,9 +429,10 @@ def export_int8(
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, sample_size=sample_size, dynamic=True, check=False, metadata=metadata)
-        quantize_static(str(onnx_path), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(INT8_OP_TYPES))
+        replace_atomic(path, lambda out: quantize_static(
+            str(onnx_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES)),
+            what="exported model")
     log.debug("wrote %s (INT8 ONNX)", path)
     return _checked(model, path, "int8", sample_size, True) if check else None
 

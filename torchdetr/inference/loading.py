@@ -26,7 +26,8 @@ from ..categories import COCO_CATEGORIES, COCO_CATEGORY_NAMES, COCO_PANOPTIC_CAT
 from ..config import DETRConfig
 from ..data.build import config_validation_size
 from ..data.transforms import REFERENCE_MAX_SIZE, REFERENCE_SIZE
-from ..engine.checkpoint import checkpoint_args, evaluated_weights, load_checkpoint, load_model_state
+from ..engine.best import BEST_CHECKPOINT_NAME
+from ..engine.checkpoint import CHECKPOINT_NAME, checkpoint_args, evaluated_weights, load_checkpoint, load_model_state
 from ..errors import InputFileError, MissingFileError
 from ..models.build import build_detector
 from ..models.weight_files import is_url
@@ -163,7 +164,7 @@ def _load_official(spec: OfficialModel, path: str | Path, source: str, device: s
                        image_size=spec.image_size, max_size=spec.max_size)
 
 
-RUN_CHECKPOINTS = ("checkpoint_best.pth", "checkpoint.pth")  # what a training run's folder offers, preferred first
+RUN_CHECKPOINTS = (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME)  # what a training run's folder offers, preferred first
 
 
 def run_checkpoint(name_or_path: str | Path) -> str:

@@ -283,7 +283,7 @@ class VideoWriter:
         if self._stream is None:
             self._open(array.shape[1], array.shape[0])
         elif (array.shape[1], array.shape[0]) != (self._stream.width, self._stream.height):
-            raise ValueError(f"{self.path}: frame of size {array.shape[1]}x{array.shape[0]}, "
+            raise OutputError(f"{self.path}: frame of size {array.shape[1]}x{array.shape[0]}, "
                              f"the video is {self._stream.width}x{self._stream.height}")
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
         frame.pts = self.frames_written

@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.ops import FrozenBatchNorm2d, box_convert, sigmoid_focal_loss
+from torchvision.ops import FrozenBatchNorm2d, box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..losses.matcher import HungarianMatcher, Indices
 from ..losses.set_criterion import SetCriterion, Targets, top1_accuracy, world_average_num_boxes
@@ -153,23 +153,6 @@ def enable_fast_training(model: nn.Module, channels_last: bool = False) -> FastT
     return state
 
 
-def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """GIoU of row i of ``boxes1`` [N, 4] with row i of ``boxes2`` [N, 4] (xyxy) → [N].
-
-    The diagonal of ``torchvision.ops.generalized_box_iou(boxes1, boxes2)`` (same operations, no epsilon),
-    without its [N, N] matrix.
-    """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    inter_wh = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
-    inter = inter_wh[:, 0] * inter_wh[:, 1]
-    union = area1 + area2 - inter
-    iou = inter / union
-    hull_wh = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
-    hull = hull_wh[:, 0] * hull_wh[:, 1]
-    return iou - (hull - union) / hull
-
-
 def match_layers(matcher: HungarianMatcher, layers: list[dict[str, Tensor]], targets: Targets) -> list[Indices]:
     """Hungarian indices of every decoder layer from one cost computation and one host copy.
 
@@ -286,8 +269,9 @@ class FastSetCriterion(SetCriterion):
         target_boxes = torch.cat([t["boxes"] for t in targets])[offsets[images] + target_ids]  # [N, 4]
         src_boxes = boxes[layer_ids, images, queries]  # [N, 4]
         l1 = F.l1_loss(src_boxes, target_boxes, reduction="none").sum(1)  # [N]
-        giou = 1 - paired_generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"),
-                                              box_convert(target_boxes, "cxcywh", "xyxy"))  # [N]
+        # 1 − GIoU of each matched pair (torchvision's paired loss, eps 0: the diagonal of generalized_box_iou)
+        giou = generalized_box_iou_loss(box_convert(src_boxes, "cxcywh", "xyxy"),
+                                        box_convert(target_boxes, "cxcywh", "xyxy"), reduction="none", eps=0.0)  # [N]
         zeros = boxes.new_zeros(num_layers)
         return {"loss_bbox": zeros.index_add(0, layer_ids, l1) / num_boxes,
                 "loss_giou": zeros.index_add(0, layer_ids, giou) / num_boxes}
