@@ -41,7 +41,10 @@ class LossAverager:
 
     def update(self, loss_dict: dict[str, Tensor], total: float) -> dict[str, float]:
         """Add one iteration (``loss_dict`` of scalar tensors, ``total`` its weighted sum); returns its row."""
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        # one device → host copy for all entries (float64 keeps every float32 value exactly)
+        numbers = (torch.stack([v.detach().to(torch.float64).reshape(()) for v in loss_dict.values()]).tolist()
+                   if loss_dict else [])
+        values = dict(zip(loss_dict, numbers))
         row = {"loss": total}
         row.update({k: v * self.weight_dict[k] for k, v in values.items() if k in self.weight_dict})
         row.update({f"{k}_unscaled": v for k, v in values.items()})
