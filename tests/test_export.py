@@ -281,6 +281,19 @@ def test_cli_export_torchscript_without_check(checkpoint, tmp_path, capsys):
     assert "max |exported" not in printed
 
 
+def test_cli_keeps_an_earlier_export_unless_overwrite(checkpoint, tmp_path, capsys):
+    out = tmp_path / "earlier.ts"
+    out.write_bytes(b"an earlier export")
+    argv = ["export", "--model", str(checkpoint), "--format", "torchscript", "--output", str(out), "--image_size", "64",
+            "--no-check"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output {out}" in err and "--overwrite" in err
+    assert out.read_bytes() == b"an earlier export"  # untouched
+    assert main([*argv, "--overwrite"]) == 0
+    assert torch.jit.load(str(out)) is not None  # replaced by a loadable export
+
+
 def test_cli_check_failure_exits_1(checkpoint, tmp_path, monkeypatch, capsys):
     def perturbed(path, fmt=None):  # the written file, run with its logits moved by 0.5
         runner = load_exported(path, fmt)
