@@ -16,7 +16,7 @@ import torch
 import torchdetr
 from torchdetr.errors import ConfigError
 from torchdetr.inference.fast_attention import FastAttention
-from torchdetr.inference.fast_backbone import FusedResNetBody
+from torchdetr.inference.fast_backbone import FusedConv, FusedResNetBody
 from torchdetr.inference.optimize import OptimizedModel, iter_fast_modules, optimize
 from torchdetr.models.build import build_detector
 from torchdetr.structures import NestedTensor, nested_tensor_from_tensor_list
@@ -223,3 +223,24 @@ def test_eval_with_precision_gives_the_faithful_losses(tmp_path, capsys):
     capsys.readouterr()
     assert main([*flags, "--precision", "bf16"]) == 0 and "AP50" in capsys.readouterr().out
     assert main(["eval", "--ann", "a.json", "--results", "b.json", "--precision", "fp32"]) == 2
+
+
+def test_weights_packed_per_input_shape_give_the_faithful_outputs_at_every_size():
+    """Weights are packed for each input shape (kept for the last few): cycling through more sizes than are
+    kept, each batch still matches the faithful model, and the cache never holds more than its bound."""
+    model = _tiny_model()
+    fast = optimize(model, "fp32")
+    generator = torch.Generator().manual_seed(3)
+    sizes = [(96, 128), (64, 96), (112, 80), (96, 128), (64, 96)]
+    for height, width in sizes:
+        images = torch.randn(2, 3, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        got = fast(images)
+        for name in OUTPUTS:
+            assert _max_difference(got, expected, name) <= FP32_TOLERANCE, (height, width, name)
+    body = next(m for m in iter_fast_modules(fast) if isinstance(m, FusedResNetBody))
+    convs = [conv for conv in body.modules() if isinstance(conv, FusedConv)]
+    bound = convs[0]._derived._max_entries
+    assert bound < len(set(sizes))
+    assert all(1 <= len(conv._derived._cache) <= bound for conv in convs)

@@ -7,7 +7,7 @@ model itself is not changed: the fast module is a second tree of module objects 
 parameters and buffers, in which some modules are replaced by faster equivalents:
 
 - the ResNet body → ``FusedResNetBody`` (batch norm folded into the convolutions, channels-last,
-  oneDNN-fused convolution + ReLU / + residual + ReLU with weights packed once; ``fast_backbone``);
+  oneDNN-fused convolution + ReLU / + residual + ReLU with weights packed per input shape; ``fast_backbone``);
 - ``input_proj`` → the same fused convolution;
 - every ``nn.MultiheadAttention`` → ``FastAttention`` (``scaled_dot_product_attention`` with the
   original packed projections; ``fast_attention``);
