@@ -59,3 +59,72 @@ def test_benchmark_writes_table_json_and_markdown_and_skips_missing_packages(tmp
     assert "--overwrite" in capsys.readouterr().err
     assert main(["benchmark", "--model", str(checkpoint), "--formats", "tensorrt"]) == 2
     assert main(["benchmark", "--model", str(checkpoint), "--size", "big"]) == 2
+
+
+def _ground_truth_runner(ann: dict, image_ids: list[int], shift: float, num_classes: int):
+    """A "model" that outputs each image's ground-truth boxes (called once per image, in order), every box moved
+    right by ``shift`` × its width; one confident query per object, the other queries no-object."""
+    images = {im["id"]: im for im in ann["images"]}
+    boxes_of = {i: [a for a in ann["annotations"] if a["image_id"] == i] for i in image_ids}
+    calls = iter(image_ids)
+
+    def run(samples: NestedTensor) -> dict:
+        image_id = next(calls)
+        width, height = images[image_id]["width"], images[image_id]["height"]
+        objects = boxes_of[image_id]
+        queries = len(objects) + 1
+        logits = torch.full((1, queries, num_classes + 1), -20.0)
+        logits[0, :, num_classes] = 20.0  # no-object everywhere ...
+        boxes = torch.full((1, queries, 4), 0.5)
+        for q, a in enumerate(objects):  # ... except one query per object, on its box
+            x, y, w, h = a["bbox"]
+            logits[0, q, num_classes], logits[0, q, a["category_id"]] = -20.0, 20.0
+            boxes[0, q] = torch.tensor([(x + w / 2 + shift * w) / width, (y + h / 2) / height, w / width, h / height])
+        return {"pred_logits": logits, "pred_boxes": boxes}
+
+    return run
+
+
+@pytest.mark.parametrize("shift, expected_ap", [(0.0, 1.0), (0.2, 0.4)])
+def test_benchmark_ap_is_coco_ap_of_the_detections(shift, expected_ap):
+    """A runner that outputs the ground truth scores AP = AP50 = 1; moved right by 0.2 of their width every box has
+    IoU 0.8 / 1.2 = 2/3 with its object, so it counts at the thresholds 0.50, 0.55, 0.60, 0.65 of ten: AP 0.4 (a box
+    clipped at the image border would have IoU 0.8: more); pycocotools on the same detections is the oracle."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from torchdetr.config import DETRConfig
+    from torchdetr.inference.dataset_images import dataset_images, load_images
+    from torchdetr.inference.detector import Detector
+    from torchdetr.inference.loading import LoadedModel
+
+    from .conftest import DATA, require
+
+    ann_file, images = dataset_images(require(DATA / "bccd"), limit=4)
+    ann = json.loads(ann_file.read_text())
+    ids = [i.image_id for i in images]
+    num_classes = max(c["id"] for c in ann["categories"]) + 1
+    loaded = LoadedModel(model=torch.nn.Identity(), config=DETRConfig(num_classes=num_classes),
+                         category_names={c["id"]: c["name"] for c in ann["categories"]}, image_size=64, max_size=96)
+    pictures = load_images(images)
+    ap, ap50 = benchmark.coco_ap_of(_ground_truth_runner(ann, ids, shift, num_classes), loaded, ann_file, images,
+                                    pictures)
+    # the oracle: the same detections through Detector, scored by pycocotools' COCOeval
+    detector = Detector(_ground_truth_runner(ann, ids, shift, num_classes), loaded.category_names, threshold=0.0,
+                        image_size=64, max_size=96, batch_size=1)
+    results = [{"image_id": i, "category_id": d.label, "score": d.score,
+                "bbox": [d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]]}
+               for i, picture in zip(ids, pictures) for d in detector.detect([picture])[0]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluation.params.imgIds = ids
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert (ap, ap50) == pytest.approx((evaluation.stats[0], evaluation.stats[1]), abs=1e-9)
+    assert ap50 == pytest.approx(1.0, abs=1e-6)
+    assert ap == pytest.approx(expected_ap, abs=1e-6)

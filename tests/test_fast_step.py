@@ -10,6 +10,7 @@ import torch
 from torchdetr import build_model
 from torchdetr.structures import nested_tensor_from_tensor_list
 from torchdetr.training.fast_step import (
+    CHANNELS_LAST,
     FOLDED_NORM,
     FastSetCriterion,
     enable_fast_attention,
@@ -117,3 +118,8 @@ def test_fast_train_option_builds_the_fast_step_on_the_saved_model():
     assert isinstance(fast.train_criterion, FastSetCriterion) and not isinstance(faithful.train_criterion, FastSetCriterion)
     assert any(FOLDED_NORM in m.__dict__ for m in fast.model.modules())
     assert fast.model.state_dict().keys() == faithful.model.state_dict().keys()  # checkpoints unchanged
+    # channels-last convolutions are part of the fast step (the faithful run keeps torch's default layout)
+    first_conv = fast.model.backbone[0].body.conv1
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert first_conv.__dict__[CHANNELS_LAST]
+    assert not faithful.model.backbone[0].body.conv1.weight.is_contiguous(memory_format=torch.channels_last)

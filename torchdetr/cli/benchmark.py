@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
         "benchmark", help="how fast a model runs here: PyTorch fast paths, ONNX, OpenVINO, INT8 vs the faithful path",
         description="Time the model in each format on a random batch (latency p50/p95, images/s, peak memory, "
                     "GFLOP/s and fraction of this machine's measured matmul peak), against the faithful path in the "
-                    "same process; with --data also AP50 and INT8 calibration. Formats whose package is missing are "
+                    "same process; with --data also AP, AP50 and INT8 calibration. Formats whose package is missing are "
                     "skipped with a note. Formats: " + "; ".join(f"{k}: {v}" for k, v in FORMAT_HELP.items()),
     )
     p.add_argument("--model", required=True, help="official model name (detr_resnet50, …) or checkpoint file")
@@ -29,9 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for every runtime (default: torch's)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per format (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--data", metavar="DIR", help="dataset folder (COCO layout, val split): AP50 per format and INT8 "
+    p.add_argument("--data", metavar="DIR", help="dataset folder (COCO layout, val split): AP and AP50 per format and INT8 "
                    "calibration (int8 is skipped without it)")
-    p.add_argument("--ap_images", type=int, default=50, help="images of --data for AP50 (default 50; 0: none, --data only "
+    p.add_argument("--ap_images", type=int, default=50, help="images of --data for AP and AP50 (default 50; 0: none, --data only "
                         "calibrates int8)")
     p.add_argument("--calibration_images", type=int, default=32, help="images of --data calibrating int8 (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto; ONNX/OpenVINO/INT8 run on CPU")

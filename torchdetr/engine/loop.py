@@ -113,7 +113,7 @@ def train_one_epoch(
     iterations = 0
     start = time.monotonic()
     for samples, targets in bar:
-        samples, targets = to_device(samples, targets, device, cfg.channels_last)
+        samples, targets = to_device(samples, targets, device, cfg.channels_last_training)
         try:
             with autocast_context(device, cfg.amp):
                 predictions = model(samples, targets) if with_training_queries else model(samples)

@@ -59,12 +59,13 @@ def build_run_model(cfg: DETRConfig, device: torch.device, distributed: bool) ->
     log.info("model: %s backbone (%s norm), %d+%d layers, hidden %d, %d queries, %d classes; %s parameters to train; "
              "start: %s", cfg.backbone, cfg.resolved_backbone_norm, cfg.enc_layers, cfg.dec_layers, cfg.hidden_dim,
              cfg.num_queries, cfg.num_classes, f"{n_parameters:,}", start)
-    if cfg.channels_last:
+    if cfg.channels_last_training:
         model.to(memory_format=torch.channels_last)
     if cfg.fast_train:
-        enable_fast_training(model, channels_last=cfg.channels_last)
+        enable_fast_training(model, channels_last=True)
         criterion = FastSetCriterion.from_criterion(criterion)
-        log.info("--fast_train: folded frozen norms, attention without weights, all decoder layers matched at once")
+        log.info("--fast_train: folded frozen norms, channels-last convolutions, attention without weights, all decoder "
+                 "layers matched at once")
     training = build_training_model(model, criterion, cfg)
     train_module, train_criterion = training if training is not None else (model, criterion)
     train_module.to(device)

@@ -5,8 +5,8 @@ timed ``runs`` times on the same random batch [B, 3, H, W], the formats' runs in
 added while running (resident set on CPU, allocator peak on CUDA), achieved GFLOP/s (the model's FLOPs
 from ``torch.utils.flop_counter.FlopCounterMode``, counted once on the faithful model) and that as a
 fraction of this machine's matrix-multiply peak, measured in the same run (``gemm_peak``). With a
-dataset, AP50 of each format on its first images (``--data``), and the largest logit difference
-from the faithful path on the timed batch. A format whose package is missing is skipped with a note.
+dataset, AP and AP50 of each format on its first images (``--data``; the drift of a trained model), and
+the largest logit difference from the faithful path on the timed batch. A format whose package is missing is skipped with a note.
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ class FormatResult:
     gflops_per_s: float | None = None
     peak_fraction: float | None = None  # of the measured GEMM peak of the format's compute dtype
     max_logit_diff: float | None = None  # max |logits - faithful logits| on the timed batch
+    ap: float | None = None  # COCO AP@[.5:.95] (bbox) on the --data images
     ap50: float | None = None
 
 
@@ -237,21 +238,21 @@ class BenchmarkReport:
     def table(self) -> str:
         """The results as a Markdown table (also what the command prints)."""
         header = ("| format | latency p50 ms | p95 ms | img/s | × faithful | peak MB | GFLOP/s | of peak | "
-                  "max Δ logits | AP50 |")
-        rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "max Δ logits | AP | AP50 |")
+        rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
         def number(value: float | None, spec: str) -> str:
             return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
 
         for r in self.results:
             if r.status != "ok":
-                rows.append(f"| {r.format} | {r.status}: {r.note} | | | | | | | | |")
+                rows.append(f"| {r.format} | {r.status}: {r.note} | | | | | | | | | |")
                 continue
             rows.append(
                 f"| {r.format} | {number(r.latency_ms_p50, '.1f')} | {number(r.latency_ms_p95, '.1f')} | "
                 f"{number(r.images_per_s, '.2f')} | {number(r.speedup, '.2f')}× | {number(r.peak_memory_mb, '.0f')} | "
                 f"{number(r.gflops_per_s, '.1f')} | {number(r.peak_fraction, '.0%')} | "
-                f"{number(r.max_logit_diff, '.1e')} | {number(r.ap50, '.3f')} |"
+                f"{number(r.max_logit_diff, '.1e')} | {number(r.ap, '.3f')} | {number(r.ap50, '.3f')} |"
             )
         return "\n".join(rows)
 
@@ -277,7 +278,8 @@ class BenchmarkReport:
             f"- batch {self.batch} of random images, {self.runs} timed runs per format after warm-up, interleaved across "
             "formats; × faithful = faithful p50 / this p50, in the same process; of peak: GFLOP/s over the measured "
             "GEMM peak of the format's dtype (fp32 for int8, whose integer kernels can exceed it)"
-            + (f"; AP50 on the first {self.ap_images} images of {self.data}" if self.ap_images else ""),
+            + (f"; AP and AP50 (COCO bbox, score threshold 0) on the first {self.ap_images} images of {self.data}"
+               if self.ap_images else ""),
             "",
             self.table(),
             "",
@@ -332,8 +334,9 @@ def _compute_dtype(fmt: str) -> str:
     return "bf16" if fmt == "pytorch-bf16" else "fp32"
 
 
-def ap50_of(runner: Runner, loaded: LoadedModel, ann_file: Path, images: Sequence[Any], pictures: Sequence[Any]) -> float:
-    """AP50 (COCO, bbox) of ``runner`` on ``pictures`` (the dataset's images with ids), threshold 0."""
+def coco_ap_of(runner: Runner, loaded: LoadedModel, ann_file: Path, images: Sequence[Any],
+               pictures: Sequence[Any]) -> tuple[float, float]:
+    """(AP, AP50) (COCO, bbox) of ``runner`` on ``pictures`` (the dataset's images with ids), threshold 0."""
     import contextlib as _contextlib
     import io
 
@@ -355,7 +358,7 @@ def ap50_of(runner: Runner, loaded: LoadedModel, ann_file: Path, images: Sequenc
     known = set(coco_gt.getCatIds())
     results = [r for r in results if r["category_id"] in known]
     coco_eval, _ = run_coco_eval(coco_gt, results, "bbox", [i.image_id for i in images], backend="auto")
-    return float(coco_eval.stats[1])
+    return float(coco_eval.stats[0]), float(coco_eval.stats[1])
 
 
 def run_benchmark(
@@ -448,8 +451,8 @@ def run_benchmark(
             with torch.inference_mode():
                 result.max_logit_diff = float((runner(samples)["pred_logits"].float() - reference).abs().max())
             if dataset is not None:
-                progress(f"{result.format}: AP50 on {len(dataset[1])} images …")
-                result.ap50 = ap50_of(runner, loaded, *dataset)
+                progress(f"{result.format}: AP on {len(dataset[1])} images …")
+                result.ap, result.ap50 = coco_ap_of(runner, loaded, *dataset)
             progress(f"{result.format}: p50 {result.latency_ms_p50:.1f} ms"
                      + (f", {result.speedup:.2f}× faithful" if result.speedup else ""))
     return report
