@@ -230,6 +230,8 @@ class BenchmarkReport:
     gflop_per_image: float
     data: str | None = None
     ap_images: int = 0
+    warmup: int = 0
+    calibration_images: int = 0
     results: list[FormatResult] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -263,8 +265,11 @@ class BenchmarkReport:
         lines = [
             "# Inference speed: every runtime against the faithful path",
             "",
-            f"`detr benchmark --model {self.model} --size {h}x{w} --batch {self.batch} --threads {m['threads']} "
-            f"--runs {self.runs}" + (f" --data {self.data} --ap_images {self.ap_images}" if self.data else "") + "`",
+            f"`detr benchmark --model {self.model} --formats {','.join(r.format for r in self.results)} "
+            f"--size {h}x{w} --batch {self.batch} --threads {m['threads']} "
+            f"--runs {self.runs} --warmup {self.warmup}"
+            + (f" --data {self.data} --ap_images {self.ap_images} --calibration_images {self.calibration_images}"
+               if self.data else "") + "`",
             "",
             f"- machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} thread(s); AVX-512 BF16: "
             f"{'yes' if m['avx512_bf16'] else 'no'}, AMX: {'yes' if m['amx'] else 'no'}; device {m['device']}"
@@ -395,7 +400,8 @@ def run_benchmark(
     flops = model_flops(loaded.model, samples)
     report = BenchmarkReport(model=model_name, size=size, batch=batch, runs=runs,
                              machine=machine_description(threads, device), gemm_peak_gflops=peaks,
-                             gflop_per_image=flops / batch / 1e9, data=str(data) if data else None)
+                             gflop_per_image=flops / batch / 1e9, data=str(data) if data else None, warmup=warmup,
+                             calibration_images=calibration_images if data else 0)
 
     dataset: tuple[Path, list, list] | None = None
     calibration = None
