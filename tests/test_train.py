@@ -344,3 +344,23 @@ def test_an_evaluation_output_that_cannot_be_written_is_an_output_error(tmp_path
     with pytest.raises(PermissionError):  # an error about a file elsewhere (an input) is not an output error
         with output_errors(tmp_path):
             raise PermissionError(errno.EACCES, "Permission denied", "/data/image.jpg")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], (96, 160)),  # the model's own validation size (its run's --image_size 96, --max_size 160)
+    (["--image_size", "64"], (64, None)),  # given on the command line: used as given
+    (["--max_size", "300"], (800, 300)),
+], ids=["model-size", "image-size-given", "max-size-given"])
+def test_detr_eval_model_resizes_as_the_model_was_validated(tmp_path, flags, expected):
+    """``detr eval --model CKPT`` evaluates at the model's input size (as ``detr predict`` does), not the 800 px default."""
+    from torchdetr.cli import build_parser
+    from torchdetr.cli.evaluate import config_for_model_evaluation
+
+    from .test_predict import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.pth", image_size=96, max_size=160)
+    args = build_parser("eval").parse_args(["eval", "--model", str(checkpoint), "--coco_path", str(tmp_path),
+                                            *flags])
+    cfg = config_for_model_evaluation(args)
+    assert (cfg.image_size, cfg.max_size) == expected
+    assert cfg.resume == str(checkpoint) and cfg.hidden_dim == 32

@@ -4,12 +4,15 @@ against its ground truth."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from ..config import DETRConfig, add_config_arguments, config_from_args
+from ..config import DETRConfig, add_config_arguments, config_from_args, given_options
 from ..errors import ConfigError, OutputError
 from ..evaluation.report import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_WORST_IMAGES
 from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
@@ -148,6 +151,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
     """The data and run options of the command line, the architecture of ``--model`` (or ``--resume``), whose
     weights are evaluated (``resume``)."""
+    from ..data.build import config_validation_size
     from ..engine.checkpoint import load_checkpoint
     from ..inference.loading import config_from_checkpoint, run_checkpoint
     from ..models.zoo import OFFICIAL_MODELS
@@ -156,10 +160,18 @@ def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
     if not source:
         raise ConfigError("give --model NAME_OR_CKPT (or --resume CKPT), or --ann with --results")
     if source in OFFICIAL_MODELS:
-        model_cfg = OFFICIAL_MODELS[source].config()
-        source = OFFICIAL_MODELS[source].url
+        spec = OFFICIAL_MODELS[source]
+        model_cfg, source = spec.config(), spec.url
+        model_size = (spec.image_size, spec.max_size)
     else:
         model_cfg = config_from_checkpoint(load_checkpoint(source), source)
+        model_size = config_validation_size(model_cfg)
+    size: dict[str, int] = {}
+    if not {"image_size", "max_size"} & given_options(args).keys():
+        # the images are resized as for the model's own validation, as `detr predict` does
+        size = {"image_size": model_size[0], "max_size": model_size[1]}
+        log.info("evaluating at the model's input size: shorter side %d, longer side at most %d (--image_size and "
+                 "--max_size to change)", *model_size)
     # the checkpoint provides every weight: no backbone download
-    return config_from_args(args).replace(**model_cfg.model.to_dict(), backbone_weights="none", eval=True,
+    return config_from_args(args).replace(**model_cfg.model.to_dict(), **size, backbone_weights="none", eval=True,
                                           resume=source, pretrained="")
