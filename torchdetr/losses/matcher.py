@@ -70,15 +70,24 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> Indices:
         """→ per image ``(query_indices, target_indices)``, int64 tensors of length min(Q, M_i)."""
-        cost = self.cost_matrix(outputs, targets)
-        if not torch.isfinite(cost).all():
-            raise FloatingPointError(
-                "matching cost has NaN/inf values: the model produced non-finite outputs "
-                "(diverged training?) or a target box is invalid"
-            )
-        sizes = [len(v["boxes"]) for v in targets]
-        indices = [linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
-        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+        return hungarian_assignment(self.cost_matrix(outputs, targets), [len(v["boxes"]) for v in targets])
+
+
+def hungarian_assignment(cost: Tensor, sizes: list[int]) -> Indices:
+    """Hungarian assignment of each row of ``cost`` [N, Q, ΣM] (N = a multiple of the batch B = ``len(sizes)``:
+    row n holds image n mod B's predictions against every target of the batch, ``sizes`` [B] targets per image).
+
+    Returns per row ``(query_indices, target_indices)``, int64 tensors of length min(Q, M_i), on row n's own
+    targets. A non-finite cost is a ``FloatingPointError`` (the model diverged or a target box is invalid).
+    """
+    if not torch.isfinite(cost).all():
+        raise FloatingPointError(
+            "matching cost has NaN/inf values: the model produced non-finite outputs "
+            "(diverged training?) or a target box is invalid"
+        )
+    per_image = cost.split(sizes, -1)  # per image: [N, Q, M_i]
+    pairs = [linear_sum_assignment(per_image[row % len(sizes)][row]) for row in range(cost.shape[0])]
+    return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in pairs]
 
 
 def build_matcher(

@@ -29,13 +29,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d, box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..losses.matcher import HungarianMatcher, Indices
+from ..losses.matcher import HungarianMatcher, Indices, hungarian_assignment
 from ..losses.set_criterion import SetCriterion, Targets, top1_accuracy, world_average_num_boxes
 
 LOSS_NAMES = {"labels": ("loss_ce", "class_error"), "boxes": ("loss_bbox", "loss_giou"),
@@ -160,20 +159,9 @@ def match_layers(matcher: HungarianMatcher, layers: list[dict[str, Tensor]], tar
     is assigned on the same cost values as ``matcher(layer, targets)`` computes.
     """
     stacked = {key: torch.cat([layer[key] for layer in layers]) for key in ("pred_logits", "pred_boxes")}  # [L·B, Q, …]
-    cost = matcher.cost_matrix(stacked, targets)  # [L·B, Q, ΣM] on the CPU
-    if not torch.isfinite(cost).all():
-        raise FloatingPointError(
-            "matching cost has NaN/inf values: the model produced non-finite outputs "
-            "(diverged training?) or a target box is invalid"
-        )
+    rows = hungarian_assignment(matcher.cost_matrix(stacked, targets), [len(t["boxes"]) for t in targets])  # [L·B] on the CPU
     batch = len(targets)
-    sizes = [len(t["boxes"]) for t in targets]
-    per_image = cost.split(sizes, -1)  # per image: [L·B, Q, M_i]
-    indices: list[Indices] = []
-    for layer in range(len(layers)):
-        pairs = [linear_sum_assignment(costs[layer * batch + image]) for image, costs in enumerate(per_image)]
-        indices.append([(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in pairs])
-    return indices
+    return [rows[layer * batch:(layer + 1) * batch] for layer in range(len(layers))]
 
 
 class FastSetCriterion(SetCriterion):
@@ -201,11 +189,12 @@ class FastSetCriterion(SetCriterion):
         num_boxes = world_average_num_boxes(targets, final["pred_logits"].device, synchronize=self.training)
         suffixes = [f"_{i}" for i in range(len(layers) - 1)] + [""]
 
+        matched = self._matched(indices, final["pred_logits"].device)
         per_layer: dict[str, Tensor] = {}  # name → [L] values
         if "labels" in self.losses:
-            per_layer.update(self._labels(layers, targets, indices, num_boxes))
+            per_layer.update(self._labels(layers, targets, matched, num_boxes))
         if "boxes" in self.losses:
-            per_layer.update(self._boxes(layers, targets, indices, num_boxes))
+            per_layer.update(self._boxes(layers, targets, matched, num_boxes))
         if "cardinality" in self.losses:
             per_layer.update(self._cardinality(layers, targets))
 
@@ -223,8 +212,8 @@ class FastSetCriterion(SetCriterion):
 
     # -- all layers at once -----------------------------------------------------------------------
     @staticmethod
-    def _matched(indices: list[Indices], batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(layer, image, query, target) index of every matched pair of every layer, each [N]."""
+    def _matched(indices: list[Indices], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(layer, image, query, target) index of every matched pair of every layer, each [N], on ``device``."""
         layer_ids, images, queries, target_ids = [], [], [], []
         for layer, layer_indices in enumerate(indices):
             for image, (src, tgt) in enumerate(layer_indices):
@@ -232,14 +221,14 @@ class FastSetCriterion(SetCriterion):
                 images.append(torch.full_like(src, image))
                 queries.append(src)
                 target_ids.append(tgt)
-        return torch.cat(layer_ids), torch.cat(images), torch.cat(queries), torch.cat(target_ids)
+        return tuple(torch.cat(ids).to(device) for ids in (layer_ids, images, queries, target_ids))  # type: ignore[return-value]
 
-    def _labels(self, layers: list[dict[str, Tensor]], targets: Targets, indices: list[Indices],
+    def _labels(self, layers: list[dict[str, Tensor]], targets: Targets, matched: tuple[Tensor, ...],
                 num_boxes: float) -> dict[str, Tensor]:
         logits = torch.stack([layer["pred_logits"] for layer in layers])  # [L, B, Q, K+1]
-        num_layers, batch = logits.shape[:2]
+        num_layers = logits.shape[0]
         device = logits.device
-        layer_ids, images, queries, target_ids = (t.to(device) for t in self._matched(indices, batch))
+        layer_ids, images, queries, target_ids = matched
         offsets = torch.as_tensor([0] + [len(t["labels"]) for t in targets], device=device).cumsum(0)[:-1]
         labels = torch.cat([t["labels"] for t in targets])[offsets[images] + target_ids]  # [N]
         target_classes = torch.full(logits.shape[:3], self.num_classes, dtype=torch.int64, device=device)
@@ -259,12 +248,12 @@ class FastSetCriterion(SetCriterion):
         class_error = 100 - top1_accuracy(matched, labels[final])
         return {"loss_ce": loss_ce, "class_error": class_error.expand(num_layers)}
 
-    def _boxes(self, layers: list[dict[str, Tensor]], targets: Targets, indices: list[Indices],
+    def _boxes(self, layers: list[dict[str, Tensor]], targets: Targets, matched: tuple[Tensor, ...],
                num_boxes: float) -> dict[str, Tensor]:
         boxes = torch.stack([layer["pred_boxes"] for layer in layers])  # [L, B, Q, 4]
-        num_layers, batch = boxes.shape[:2]
+        num_layers = boxes.shape[0]
         device = boxes.device
-        layer_ids, images, queries, target_ids = (t.to(device) for t in self._matched(indices, batch))
+        layer_ids, images, queries, target_ids = matched
         offsets = torch.as_tensor([0] + [len(t["boxes"]) for t in targets], device=device).cumsum(0)[:-1]
         target_boxes = torch.cat([t["boxes"] for t in targets])[offsets[images] + target_ids]  # [N, 4]
         src_boxes = boxes[layer_ids, images, queries]  # [N, 4]
