@@ -9,8 +9,8 @@ parameters and buffers, in which some modules are replaced by faster equivalents
 - the ResNet body → ``FusedResNetBody`` (batch norm folded into the convolutions, channels-last,
   oneDNN-fused convolution + ReLU / + residual + ReLU with weights packed per input shape; ``fast_backbone``);
 - ``input_proj`` → the same fused convolution;
-- every ``nn.MultiheadAttention`` → ``FastAttention`` (``scaled_dot_product_attention`` with the
-  original packed projections; ``fast_attention``);
+- every ``nn.MultiheadAttention`` → ``FastAttention`` (the module called with ``need_weights=False``:
+  PyTorch's fused ``scaled_dot_product_attention`` over the original packed projections; ``fast_attention``);
 - the position encoding → cached per feature-map size for unpadded batches;
 - and the whole forward runs under ``torch.inference_mode``.
 
