@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,14 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from torchdetr.errors import OutputError
 from torchdetr.evaluation.checks import CocoFormatError
 from torchdetr.evaluation.coco import CocoEvaluator
 from torchdetr.evaluation.results_file import evaluate_results_file
 from torchdetr.evaluation.tables import STAT_DESCRIPTIONS, STAT_NAMES, format_per_class_table, format_stats_table, stats_dict
 
 from .conftest import package_missing
+from .test_atomic_write import file_size_limit
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
 H, W = 120, 160  # every test image has this size
@@ -300,6 +304,28 @@ def test_write_results_round_trip(gt_file: Path, coco_gt: COCO, tmp_path: Path) 
     assert len(written) == len(dets)
     assert set(written[0]) == {"image_id", "category_id", "bbox", "score"}
     assert evaluate_results_file(gt_file, path).stats == evaluator.summarize()["bbox"]
+
+
+def test_a_failed_write_keeps_the_earlier_results_and_eval_files_and_leaves_no_partial_file(
+        coco_gt: COCO, tmp_path: Path) -> None:
+    """A real kernel refusal (EFBIG past RLIMIT_FSIZE) while writing: the earlier files stay, whole."""
+    few, many = CocoEvaluator(coco_gt), CocoEvaluator(coco_gt)
+    dets = make_detections()
+    few.update(as_predictions(dets[:1], [1]))
+    many.update(as_predictions(dets * 50, [1, 2, 3, 4]))
+    out = tmp_path / "out"
+    results, arrays = few.write_results(out / "bbox.json"), few.save_eval(out / "latest.pth")
+    earlier = {path: path.read_bytes() for path in (results, arrays)}
+    many.accumulate()
+    limit = len(earlier[results]) + 1024  # room for the earlier results, not the new ones nor the arrays (~290 kB)
+    assert len(json.dumps(many.results("bbox"))) > limit
+    with file_size_limit(limit):
+        with pytest.raises(OutputError, match=rf"bbox\.json: could not write the detections: {os.strerror(errno.EFBIG)}"):
+            many.write_results(results)
+        with pytest.raises(OutputError, match=r"latest\.pth: could not write the evaluation arrays"):
+            many.save_eval(arrays)
+    assert {path: path.read_bytes() for path in (results, arrays)} == earlier
+    assert sorted(p.name for p in out.iterdir()) == ["bbox.json", "latest.pth"]
 
 
 def test_segm_round_trip(gt_file: Path, coco_gt: COCO, tmp_path: Path) -> None:

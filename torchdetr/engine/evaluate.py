@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..atomic_write import replace_atomic
 from ..config import DETRConfig
 from ..data.panoptic import get_panoptic_dataset
 from ..evaluation.coco import CocoEvaluator
@@ -168,11 +167,9 @@ def evaluate(
 def write_evaluation_files(evaluator: CocoEvaluator, output_dir: Path, iou_types: Iterable[str]) -> None:
     """``eval/latest.pth`` (COCOeval arrays) and ``detections_{iou_type}.json``, each replaced atomically
     (a kill or a full disk never leaves a partial file; ``OutputError`` names the file)."""
-    replace_atomic(output_dir / EVAL_DIR / EVAL_FILE, lambda tmp: evaluator.save_eval(tmp, EVAL_FILE_IOU_TYPE),
-                   what="evaluation arrays")
+    evaluator.save_eval(output_dir / EVAL_DIR / EVAL_FILE, EVAL_FILE_IOU_TYPE)
     for iou_type in iou_types:
-        replace_atomic(output_dir / f"detections_{iou_type}.json",
-                       lambda tmp, iou_type=iou_type: evaluator.write_results(tmp, iou_type), what="detections")
+        evaluator.write_results(output_dir / f"detections_{iou_type}.json", iou_type)
 
 
 def print_evaluation(result: EvalResult) -> None:

@@ -31,6 +31,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from ..atomic_write import write_atomic
 from ..categories import category_names_from_coco
 from ..errors import MissingExtraError
 from .checks import CocoFormatError, check_backend, check_iou_type, quiet, resolve_backend
@@ -315,12 +316,10 @@ class CocoEvaluator:
         return [dict(d) for image_id in sorted(store) for d in store[image_id]]
 
     def write_results(self, path: str | Path, iou_type: str = "bbox") -> Path:
-        """Write :meth:`results` as a COCO results JSON file; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            json.dump(self.results(iou_type), f)
-        return path
+        """Write :meth:`results` as a COCO results JSON file, atomically (a failure leaves the previous file
+        and no partial one; ``OutputError`` names the file); returns the path."""
+        content = json.dumps(self.results(iou_type)).encode()
+        return write_atomic(path, lambda f: f.write(content), what="detections")
 
     def accumulate(self) -> None:
         """Evaluate and accumulate each IoU type over all the images given so far."""
@@ -357,11 +356,10 @@ class CocoEvaluator:
         """Save the accumulated evaluation (precision/recall/scores, params) with ``torch.save``.
 
         The format is that of :func:`eval_to_dict`; load it with ``torch.load(path, weights_only=True)``.
+        The file is replaced atomically, like :meth:`write_results`.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(eval_to_dict(self._coco_eval(iou_type), self.category_names), path)
-        return path
+        evaluation = eval_to_dict(self._coco_eval(iou_type), self.category_names)
+        return write_atomic(path, lambda f: torch.save(evaluation, f), what="evaluation arrays")
 
     def _store(self, iou_type: str) -> dict[int, list[dict[str, Any]]]:
         check_iou_type(iou_type)
