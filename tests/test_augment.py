@@ -152,7 +152,13 @@ def test_presets_draw_what_the_recipes_draw(recipe, image_size):
     (["RandomResize: {sizes: []}"], r"aug\.yaml: RandomResize: sizes: \[\] is not a non-empty list"),
     (["RandomResize: {sizes: [100], max_size: big}"], r"aug\.yaml: RandomResize: max_size: 'big' is not a positive"),
     (["RandomApply: {transforms: [GaussianBlur: {kernel_size: 4}], p: 0.5}"], r"aug\.yaml: GaussianBlur\(kernel_size=4\)"),
-    (["RandomChoice: {transforms: [[RandomHorizontalFlip: {}]], weights: [1]}"], r"RandomChoice: unknown argument 'weights'"),
+    (["RandomChoice: {transforms: [[RandomHorizontalFlip: {}]], weights: [1]}"],
+     r"aug\.yaml: train\[0\]: RandomChoice: unknown argument 'weights'"),
+    (["RandomHorizontalFlip: {}", "RandomApply: {p: 0.5}"],
+     r"^\S*aug\.yaml: train\[1\]: RandomApply: missing argument 'transforms' \(a list\)$"),
+    (["RandomApply: {transforms: [RandomChoice: {p: [1]}]}"],
+     r"^\S*aug\.yaml: train\[0\]\.transforms\[0\]: RandomChoice: missing argument 'transforms' \(a list\)$"),
+    (["RandomChoice: {transforms: [[RandomHorizontalFlip: {}]], p: [1, 2]}"], r"aug\.yaml: train\[0\]: RandomChoice: p: "),
 ])
 def test_mistakes_are_one_line_errors_naming_file_operation_and_argument(tmp_path, lines, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -251,10 +251,11 @@ def _sizes(name: str, arguments: dict[str, Any], context: _Context) -> dict[str,
     return out
 
 
-def _options(arguments: dict[str, Any], context: _Context, where: str, name: str) -> list[Callable[..., Sample]]:
+def _options(arguments: dict[str, Any], context: _Context, where: str, name: str) -> Any:
+    """The ``transforms`` argument (taken out of ``arguments``) of the ``name`` operation at ``where`` in the file."""
     options = arguments.pop("transforms", None)
     if options is None:
-        raise ConfigError(f"{context.source}: {name}: missing argument 'transforms' (a list)")
+        raise ConfigError(f"{context.source}: {where}: {name}: missing argument 'transforms' (a list)")
     return options
 
 
@@ -262,25 +263,27 @@ def _random_choice(arguments: dict[str, Any], context: _Context, where: str) -> 
     options = _options(arguments, context, where, "RandomChoice")
     unknown = sorted(set(arguments) - {"p"})
     if unknown:
-        raise ConfigError(f"{context.source}: RandomChoice: unknown argument {unknown[0]!r}; RandomChoice takes transforms, p")
+        raise ConfigError(f"{context.source}: {where}: RandomChoice: unknown argument {unknown[0]!r}; "
+                          "RandomChoice takes transforms, p")
     if not isinstance(options, list) or not options:
-        raise ConfigError(f"{context.source}: RandomChoice: transforms: expected a non-empty list of operation lists")
+        raise ConfigError(f"{context.source}: {where}: RandomChoice: transforms: expected a non-empty list of operation lists")
     built = [v2.Compose(_build_list(option if isinstance(option, list) else [option], context,
                                     f"{where}.transforms[{i}]")) for i, option in enumerate(options)]
     try:
         return v2.RandomChoice(built, p=arguments.get("p"))
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{context.source}: RandomChoice: p: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"{context.source}: {where}: RandomChoice: p: {' '.join(str(err).split())}") from None
 
 
 def _random_apply(arguments: dict[str, Any], context: _Context, where: str) -> Callable[..., Sample]:
     options = _options(arguments, context, where, "RandomApply")
     unknown = sorted(set(arguments) - {"p"})
     if unknown:
-        raise ConfigError(f"{context.source}: RandomApply: unknown argument {unknown[0]!r}; RandomApply takes transforms, p")
+        raise ConfigError(f"{context.source}: {where}: RandomApply: unknown argument {unknown[0]!r}; "
+                          "RandomApply takes transforms, p")
     p = arguments.get("p", 0.5)
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
-        raise ConfigError(f"{context.source}: RandomApply: p: {p!r} is not a probability in [0, 1]")
+        raise ConfigError(f"{context.source}: {where}: RandomApply: p: {p!r} is not a probability in [0, 1]")
     return v2.RandomApply(_build_list(options, context, f"{where}.transforms"), p=float(p))
 
 
