@@ -23,7 +23,7 @@ from torchdetr.data.build import build_dataset
 from torchdetr.data.check import check_coco_folder, check_dataset, check_panoptic_dataset
 from torchdetr.data.coco import implied_num_classes
 from torchdetr.data.layout import resolve_panoptic_split
-from torchdetr.data.panoptic import CocoPanoptic, load_panoptic_json
+from torchdetr.data.panoptic import CocoPanoptic, load_panoptic_json, segment_bbox
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder
 from torchdetr.data.transforms import make_transforms
 from torchdetr.data.validate import validate_coco_panoptic
@@ -82,6 +82,28 @@ def test_masks_move_with_the_image_through_the_transforms():
     height, width = image.shape[-2:]
     expected = torch.nn.functional.interpolate(raw_target["masks"][None].float(), size=(height, width), mode="nearest")[0]
     assert target["masks"].dtype == torch.bool and torch.equal(target["masks"], expected.bool())
+
+
+def test_segment_bbox_is_the_bbox_of_the_coco_panoptic_files(tmp_path):
+    """The official ``bbox`` of every segment of the sample (50) is the oracle; without it the box comes from the PNG."""
+    content = json.loads(require(SAMPLE_JSON).read_text())
+    official = {}
+    for ann in content["annotations"]:
+        ids = png_ids(ann["file_name"])
+        for seg in ann["segments_info"]:
+            assert segment_bbox(ids == seg["id"]) == seg["bbox"]
+            official[ann["image_id"], seg["category_id"], seg["area"]] = [float(v) for v in seg["bbox"]]
+    assert len(official) == 50
+    single = np.zeros((5, 7), dtype=bool)
+    single[3, 2] = True
+    assert segment_bbox(single) == [2, 3, 1, 1]  # one pixel: 1 x 1
+
+    for ann in content["annotations"]:
+        for seg in ann["segments_info"]:
+            del seg["bbox"]
+    (tmp_path / "no_bbox.json").write_text(json.dumps(content))
+    measured = CocoPanoptic(SAMPLE / "images", SAMPLE_PNGS, tmp_path / "no_bbox.json", return_masks=False).coco
+    assert {(a["image_id"], a["category_id"], a["area"]): a["bbox"] for a in measured.anns.values()} == official
 
 
 def test_segments_as_coco_detection_match_panopticapi_conversion():

@@ -43,7 +43,7 @@ from .validate import VOID_SEGMENT_ID, PanopticValidation, read_coco_json, valid
 
 __all__ = [
     "VOID_SEGMENT_ID", "CocoPanoptic", "PanopticCategory", "PanopticImage", "get_panoptic_dataset",
-    "load_panoptic_json", "panoptic_categories", "panoptic_to_detection", "segment_masks",
+    "load_panoptic_json", "panoptic_categories", "panoptic_to_detection", "segment_bbox", "segment_masks",
 ]
 
 Transforms = Callable[[PIL.Image.Image, dict[str, Tensor]], tuple[Any, Any]]
@@ -205,7 +205,7 @@ def panoptic_to_detection(dataset: CocoPanoptic, with_masks: bool = True) -> lis
             present, masks, rles = list(range(len(segments))), None, [None] * len(segments)
         for k, (i, rle) in enumerate(zip(present, rles)):
             seg = segments[i]
-            bbox = seg.get("bbox") or _mask_box(masks[k])
+            bbox = seg.get("bbox") or segment_bbox(masks[k])
             area = seg["area"] if "area" in seg else int(masks[k].sum())
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(seg["category_id"]),
                    "bbox": [float(v) for v in bbox], "area": float(area), "iscrowd": int(seg["iscrowd"])}
@@ -225,10 +225,12 @@ def _encode(masks: np.ndarray) -> list[dict[str, Any]]:
     return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
 
 
-def _mask_box(mask: np.ndarray) -> list[int]:
-    """[x, y, width, height] pixel-edge extent of a non-empty bool [H, W] mask."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+def segment_bbox(mask: np.ndarray) -> list[int]:
+    """The COCO panoptic ``bbox`` of a segment: [x, y, width, height] in pixels, the extent of a non-empty bool
+    [H, W] mask with its last row and column included (``masks_to_boxes`` gives x2, y2 = the last pixel's
+    coordinates, hence + 1: a one-pixel segment is 1 x 1)."""
+    x1, y1, x2, y2 = (int(v) for v in masks_to_boxes(torch.from_numpy(np.asarray(mask, dtype=bool))[None])[0])
+    return [x1, y1, x2 - x1 + 1, y2 - y1 + 1]
 
 
 def get_panoptic_dataset(dataset: Dataset) -> CocoPanoptic | None:

@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..output_paths import make_output_folder, writing
 from ..structures import id2rgb
 from .layout import generic_panoptic_split_files
+from .panoptic import segment_bbox
 from .synthetic import BACKGROUND_VALUE_RANGE, CATEGORIES, MIN_IMAGE_SIZE, NATIVE_SIZE, random_color, sample_layout, split_seed
 
 STUFF_CATEGORIES: dict[int, str] = {6: "sky", 7: "grass", 8: "sand"}
@@ -128,10 +129,8 @@ def render_panoptic(seed: int, index: int, image_size: int = NATIVE_SIZE) -> tup
         mask = ids == segment_id
         if not mask.any():
             continue
-        rows_any, cols_any = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         segments.append({"id": int(segment_id), "category_id": int(category_id), "iscrowd": 0, "area": int(mask.sum()),
-                         "bbox": [int(cols_any[0]), int(rows_any[0]), int(cols_any[-1] - cols_any[0] + 1),
-                                  int(rows_any[-1] - rows_any[0] + 1)]})
+                         "bbox": segment_bbox(mask)})
     return np.clip(np.round(image), 0, 255).astype(np.uint8), ids, segments
 
 
