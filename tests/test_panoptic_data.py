@@ -229,6 +229,20 @@ def test_check_reads_the_pngs(tmp_path, id_map, kind, text):
     assert check_dataset(ann).errors[0].kind == kind  # a panoptic file is recognised by its content
 
 
+def test_check_tells_a_size_mismatch_from_an_unreadable_png_by_the_sizes_not_the_message(tmp_path):
+    """A folder whose name holds the words of the size message ("width x height") does not make a broken PNG a size
+    mismatch, and the report of a real size mismatch stays one line naming both sizes."""
+    root = tmp_path / "width x height"
+    ann = write_minimal(root, GOOD_MAP)
+    (root / "panoptic" / "a.png").write_bytes(b"not a png")
+    report = check_panoptic_dataset(ann)
+    assert [p.kind for p in report.errors] == ["unreadable_png"]
+    write_minimal(root, np.zeros((2, 4), dtype=np.int64))
+    report = check_panoptic_dataset(ann)
+    assert [(p.kind, p.message) for p in report.errors] == [
+        ("png_size_mismatch", "image 1: the segment PNG is 4x2 (width x height) but its image is 4x3")]
+
+
 def test_check_of_a_good_panoptic_folder_and_its_warnings(tmp_path, capsys):
     content = minimal_content()
     content["annotations"][0]["segments_info"][0]["area"] = 3  # the PNG has 4 pixels

@@ -41,7 +41,15 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import DataError, MissingFileError
-from .io import ImageHeader, UnreadableImageError, describe_mode, load_rgb_image, load_segment_ids, read_image_header
+from .io import (
+    ImageHeader,
+    UnreadableImageError,
+    describe_mode,
+    load_rgb_image,
+    load_segment_ids,
+    read_image_header,
+    segment_size_mismatch,
+)
 from .layout import find_panoptic_splits, find_splits, images_dir_for, panoptic_png_dir_for
 from .validate import (
     AREA_MISMATCH,
@@ -281,10 +289,8 @@ def _panoptic_num_classes(categories: dict[int, str]) -> int | None:
 def _check_pngs(report: CheckReport, validation: PanopticValidation, png_dir: Path) -> None:
     """Read every annotation's PNG: existence, size, ids against ``segments_info``, areas."""
     def probe(image_id: int) -> tuple[int, np.ndarray | Exception]:
-        info, ann = validation.images.get(image_id), validation.annotations[image_id]
-        size = (info["width"], info["height"]) if info is not None else None
         try:
-            return image_id, load_segment_ids(png_dir / ann["file_name"], size)
+            return image_id, load_segment_ids(png_dir / validation.annotations[image_id]["file_name"])
         except (MissingFileError, DataError) as err:
             return image_id, err
 
@@ -298,8 +304,14 @@ def _check_pngs(report: CheckReport, validation: PanopticValidation, png_dir: Pa
             report.errors.append(Problem(MISSING_PNG, f"image {image_id}: segment PNG not found", path, **ids))
             continue
         if isinstance(outcome, DataError):
-            kind = PNG_SIZE_MISMATCH if "width x height" in str(outcome) else UNREADABLE_PNG
-            report.errors.append(Problem(kind, f"image {image_id}: {str(outcome).removeprefix(path + ': ')}", path, **ids))
+            report.errors.append(Problem(UNREADABLE_PNG, f"image {image_id}: {str(outcome).removeprefix(path + ': ')}",
+                                         path, **ids))
+            continue
+        info = validation.images.get(image_id)
+        height, width = outcome.shape
+        mismatch = None if info is None else segment_size_mismatch((width, height), (info["width"], info["height"]))
+        if mismatch:
+            report.errors.append(Problem(PNG_SIZE_MISMATCH, f"image {image_id}: {mismatch}", path, **ids))
             continue
         values, counts = np.unique(outcome, return_counts=True)
         pixels = dict(zip(values.tolist(), counts.tolist()))

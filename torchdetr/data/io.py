@@ -209,12 +209,19 @@ def load_segment_ids(path: str | Path, expected_size: tuple[int, int] | None = N
     image = _decode(path)
     if image.mode not in SEGMENT_ID_MODES:
         raise DataError(f"{path}: a segment-id PNG must be RGB (id = R + 256*G + 256^2*B), got mode {image.mode}")
-    if expected_size is not None and image.size != tuple(expected_size):
-        raise DataError(f"{path}: the segment PNG is {image.width}x{image.height} (width x height) but its image is "
-                        f"{expected_size[0]}x{expected_size[1]}")
+    if expected_size is not None and (mismatch := segment_size_mismatch(image.size, expected_size)):
+        raise DataError(f"{path}: {mismatch}")
     if image.mode == "P":
         image = image.convert("RGB")
     return rgb2id(np.asarray(image)[..., :3])
+
+
+def segment_size_mismatch(png_size: tuple[int, int], image_size: tuple[int, int]) -> str | None:
+    """Why a segment PNG of ``png_size`` (width, height) cannot annotate an image of ``image_size``; None if it can."""
+    if tuple(png_size) == tuple(image_size):
+        return None
+    return (f"the segment PNG is {png_size[0]}x{png_size[1]} (width x height) but its image is "
+            f"{image_size[0]}x{image_size[1]}")
 
 
 def to_upright_rgb(image: Image.Image, source: str = "image") -> Image.Image:
