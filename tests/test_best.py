@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import torchdetr.engine.run as engine_run
 from torchdetr import DETRConfig, load_checkpoint
 from torchdetr.cli import main as cli_main
-from torchdetr.engine.best import BestTracker
+from torchdetr.engine.best import BestTracker, update_on_every_process
 from torchdetr.engine.evaluate import EvalResult
 from torchdetr.errors import ConfigError
 from torchdetr.evaluation.tables import STAT_NAMES
@@ -54,6 +57,39 @@ def test_loss_is_better_when_lower_and_replay_equals_updates():
 def test_pq_is_refused_for_runs_evaluated_with_coco_ap():
     with pytest.raises(ConfigError, match="--best_metric PQ"):
         DETRConfig(**TINY, best_metric="PQ")
+
+
+def _best_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank 0 holds the evaluated rows (the others get empty ones, as in a run); each rank records its outcomes."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    outcomes = []
+    try:
+        for metric, row, bug in [("AP", _row(0, 0.3), False), ("PQ", _row(1, 0.4), False), ("AP", _row(2, 0.5), True)]:
+            tracker = BestTracker(metric)
+            if bug and rank == 0:
+                tracker.update = lambda row: 1 / 0
+            try:
+                improved = update_on_every_process(tracker, row if rank == 0 else {})
+                outcomes.append(["ok", improved, tracker.best.to_dict()])
+            except Exception as err:  # recorded, asserted by the test
+                outcomes.append([type(err).__name__, str(err)])
+    finally:
+        dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(outcomes))
+
+
+@pytest.mark.slow
+def test_every_process_ends_with_the_main_processes_user_error(tmp_path):
+    """--best_metric PQ of a run evaluated with COCO AP: the same one-line ConfigError on both processes (not a bare
+    RuntimeError with a traceback on the second); a bug on the main process is a RuntimeError on the others."""
+    mp.start_processes(_best_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+    main, other = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    best = {"metric": "AP", "value": 0.3, "epoch": 0}
+    assert main[0] == other[0] == ["ok", True, best]
+    assert main[1][0] == other[1][0] == "ConfigError" and main[1][1] == other[1][1]
+    assert main[1][1].startswith("--best_metric PQ: the evaluation of epoch 1 gives no PQ") and "\n" not in main[1][1]
+    assert main[2][0] == "ZeroDivisionError" and other[2] == [
+        "RuntimeError", "the main process failed to evaluate --best_metric (its traceback says why)"]
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..evaluation.tables import STAT_NAMES
+from . import distributed as du
 
 log = logging.getLogger("torchdetr.train")
 
@@ -132,6 +133,32 @@ class BestTracker:
         return (f"early stopping: {self.metric} has not improved{delta} for {self.stale} evaluation(s) (--patience "
                 f"{self.patience}); the best, {self.metric} {self.best.value:.4f}, is epoch {self.best.epoch} "
                 f"({BEST_CHECKPOINT_NAME})")
+
+
+def update_on_every_process(tracker: BestTracker, row: Mapping[str, Any]) -> bool:
+    """``tracker.update(row)`` on the main process (the only one holding COCO stats); its outcome on every process.
+
+    Every process gets the same answer, best and patience count, or ends with the same error: a ``UserError``
+    of the main process (``--best_metric PQ`` of a run without panoptic evaluation) is raised on every process,
+    so each prints the same one line; any other failure (a bug) raises on the main process with its traceback
+    and a ``RuntimeError`` that points there on the others.
+    """
+    improved, failure = False, None
+    if du.is_main_process():
+        try:
+            improved = tracker.update(row)
+        except Exception as err:  # stop every process, not only the main one
+            failure = err
+    user_error = failure if isinstance(failure, UserError) else None
+    improved, tracker.best, tracker.stale, failed, user_error = du.broadcast_object(
+        (improved, tracker.best, tracker.stale, failure is not None, user_error))
+    if failure is not None:
+        raise failure
+    if user_error is not None:
+        raise user_error
+    if failed:
+        raise RuntimeError("the main process failed to evaluate --best_metric (its traceback says why)")
+    return improved
 
 
 def best_checkpoint_path(output_dir: Path) -> Path:

@@ -41,7 +41,7 @@ from ..config import RESUME_AUTO, DETRConfig
 from ..errors import DataError, MissingFileError
 from ..evaluation.tables import stats_dict
 from . import distributed as du
-from .best import BestTracker, best_checkpoint_path
+from .best import BestTracker, best_checkpoint_path, update_on_every_process
 from .checkpoint import (
     CHECKPOINT_NAME,
     checkpoint_dict,
@@ -217,7 +217,7 @@ class _TrainingRun:
         """The epoch's log row, after ``checkpoint_best.pth`` when the epoch is the best so far."""
         row = epoch_row(epoch, train_stats, evaluated.test_stats() if evaluated else None,
                         evaluated.coco_stats if evaluated else None, self.run_model.n_parameters, epoch_time)
-        improved = _update_best(self.tracker, row)
+        improved = update_on_every_process(self.tracker, row)
         if improved and self.best_path is not None and du.is_main_process():
             best = _best_state(self.run_model, epoch, self.cfg, self.data.checkpoint_entries(), self.tracker)
             save_atomic(best, self.best_path)
@@ -396,23 +396,6 @@ class EpochClock:
         self.seconds += epoch_seconds
         done = epoch - self.first_epoch + 1
         return self.seconds / done * (self.epochs - epoch - 1)
-
-
-def _update_best(tracker: BestTracker, row: dict[str, Any]) -> bool:
-    """``tracker.update(row)`` on the main process (the only one holding COCO stats), its state on every process."""
-    improved, failure = False, None
-    if du.is_main_process():
-        try:
-            improved = tracker.update(row)
-        except Exception as err:  # e.g. --best_metric PQ without a panoptic evaluation: stop every process
-            failure = err
-    improved, tracker.best, tracker.stale, failed = du.broadcast_object(
-        (improved, tracker.best, tracker.stale, failure is not None))
-    if failure is not None:
-        raise failure
-    if failed:
-        raise RuntimeError("the main process failed to evaluate --best_metric")
-    return improved
 
 
 def _best_state(run: RunModel, epoch: int, cfg: DETRConfig, data_entries: dict[str, Any],
