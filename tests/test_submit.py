@@ -15,7 +15,7 @@ import pytest
 
 from torchdetr.cli import main as cli_main
 from torchdetr.engine.checkpoint import load_checkpoint
-from torchdetr.engine.launch import JobResources, distributed_environment, master_port
+from torchdetr.engine.launch import JobResources, distributed_environment, master_port, preemption_signal
 from torchdetr.errors import ConfigError
 
 from .conftest import require_package
@@ -42,6 +42,15 @@ def test_distributed_environment_is_torchruns_from_the_job() -> None:
                    "MASTER_PORT": str(master_port("123456"))}
     assert distributed_environment(SimpleNamespace(num_tasks=1)) == {}  # one task: not distributed
     assert master_port("123456") != master_port("123457")
+
+
+def test_the_preemption_signal_is_submitits_and_sigusr2_when_submitit_does_not_say() -> None:
+    import submitit
+
+    assert preemption_signal(submitit.JobEnvironment) == submitit.JobEnvironment._usr_sig()  # submitit's own answer
+    assert preemption_signal(SimpleNamespace(USR_SIG="USR1")) == signal.SIGUSR1  # SUBMITIT_PREEMPT_SIGNAL=USR1
+    for other_version in (SimpleNamespace(), SimpleNamespace(USR_SIG="NOT_A_SIGNAL"), SimpleNamespace(USR_SIG=12)):
+        assert preemption_signal(other_version) == signal.SIGUSR2
 
 
 def test_resources_are_checked_per_cluster() -> None:

@@ -25,6 +25,7 @@ CLUSTERS = ("slurm", "local", "debug")
 SUBMITIT_DIR = "submitit"  # under --output_dir: the job's pickles and each task's stdout/stderr
 MASTER_PORT_BASE = 29500  # torchrun's default port; a job's port is this + (job id mod MASTER_PORT_RANGE)
 MASTER_PORT_RANGE = 10000
+SUBMITIT_DEFAULT_SIGNAL = signal.SIGUSR2  # submitit's preemption signal unless SUBMITIT_PREEMPT_SIGNAL names another
 SIGNAL_DELAY_S = 120  # the preemption signal comes this long before the time limit: time for a step and a save
 
 
@@ -122,7 +123,17 @@ def set_distributed_environment() -> Mapping[str, str]:
 def requeue_through_submitit() -> None:
     """Hand a stopped task to submitit's preemption handler: on the first task it calls the job's
     ``checkpoint()`` (the same job with ``--resume auto``), requeues it and exits; elsewhere it returns."""
-    submitit = require_submitit()
-    handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
+    preemption = preemption_signal(require_submitit().JobEnvironment)
+    handler = signal.getsignal(preemption)
     if callable(handler):
-        handler(submitit.JobEnvironment._usr_sig(), None)
+        handler(preemption, None)
+
+
+def preemption_signal(job_environment: Any) -> signal.Signals:
+    """The signal submitit installs its preemption handler on, from ``JobEnvironment.USR_SIG``: a public class
+    attribute holding the signal's name without ``SIG`` (``USR2``, or what ``SUBMITIT_PREEMPT_SIGNAL`` named when
+    submitit was imported: the name submitit itself reads). Where the attribute is missing (another submitit
+    version) or names no signal, submitit's default: ``SIGUSR2``."""
+    name = getattr(job_environment, "USR_SIG", None)
+    found = getattr(signal, f"SIG{name}", None) if isinstance(name, str) else None
+    return found if isinstance(found, signal.Signals) else SUBMITIT_DEFAULT_SIGNAL
