@@ -103,3 +103,15 @@ def test_submit_local_survives_a_preemption_with_one_consistent_log(tmp_path: Pa
     assert log_epochs(out) == [0, 1, 2]
     assert "partial_epoch" not in load_checkpoint(out / "checkpoint.pth")
     assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 2
+
+
+def test_training_stops_on_the_preemption_signal_submitit_is_told_to_use() -> None:
+    """The run's stop handler listens to SIGTERM and to the signal ``SUBMITIT_PREEMPT_SIGNAL`` names (submitit's
+    setting, read the way submitit reads it), SIGUSR2 when unset or naming no signal."""
+    from torchdetr.engine.stop import stop_signals
+
+    assert stop_signals({}) == (signal.SIGTERM, signal.SIGUSR2)
+    assert stop_signals({"SUBMITIT_PREEMPT_SIGNAL": "USR1"}) == (signal.SIGTERM, signal.SIGUSR1)
+    assert stop_signals({"SUBMITIT_PREEMPT_SIGNAL": "SIGUSR1"}) == (signal.SIGTERM, signal.SIGUSR1)
+    assert stop_signals({"SUBMITIT_PREEMPT_SIGNAL": "TERM"}) == (signal.SIGTERM,)
+    assert stop_signals({"SUBMITIT_PREEMPT_SIGNAL": "NOPE"}) == (signal.SIGTERM, signal.SIGUSR2)

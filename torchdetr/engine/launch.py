@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingExtraError
+from .stop import DEFAULT_PREEMPT_SIGNAL, signal_named
 
 CLUSTERS = ("slurm", "local", "debug")
 SUBMITIT_DIR = "submitit"  # under --output_dir: the job's pickles and each task's stdout/stderr
 MASTER_PORT_BASE = 29500  # torchrun's default port; a job's port is this + (job id mod MASTER_PORT_RANGE)
 MASTER_PORT_RANGE = 10000
-SUBMITIT_DEFAULT_SIGNAL = signal.SIGUSR2  # submitit's preemption signal unless SUBMITIT_PREEMPT_SIGNAL names another
 SIGNAL_DELAY_S = 120  # the preemption signal comes this long before the time limit: time for a step and a save
 
 
@@ -134,6 +134,4 @@ def preemption_signal(job_environment: Any) -> signal.Signals:
     attribute holding the signal's name without ``SIG`` (``USR2``, or what ``SUBMITIT_PREEMPT_SIGNAL`` named when
     submitit was imported: the name submitit itself reads). Where the attribute is missing (another submitit
     version) or names no signal, submitit's default: ``SIGUSR2``."""
-    name = getattr(job_environment, "USR_SIG", None)
-    found = getattr(signal, f"SIG{name}", None) if isinstance(name, str) else None
-    return found if isinstance(found, signal.Signals) else SUBMITIT_DEFAULT_SIGNAL
+    return signal_named(getattr(job_environment, "USR_SIG", None)) or DEFAULT_PREEMPT_SIGNAL

@@ -2,7 +2,8 @@
 
 ``SIGTERM`` is what Slurm sends before it preempts or cancels a job and what ``torchrun`` sends its
 workers when it shuts down; ``SIGUSR2`` is the signal submitit asks Slurm to send before a job's time
-limit (``detr submit``). Either one makes the run finish the step in progress, write a checkpoint of
+limit (``detr submit``; another one when ``SUBMITIT_PREEMPT_SIGNAL`` names it, as submitit reads it).
+Either one makes the run finish the step in progress, write a checkpoint of
 that exact point (``checkpoint.pth``: the weights, optimiser, schedule, random states and the epoch's
 progress, see ``engine/run.py``) and end with :data:`STOPPED_EXIT_CODE`; ``--resume auto`` continues
 from that step. Under ``torchrun`` the request travels with the loss every step (one all-reduce), so
@@ -12,6 +13,7 @@ every process stops at the same step even when only one received the signal.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,7 +23,25 @@ from typing import Any
 
 log = logging.getLogger("torchdetr.train")
 
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR2)
+PREEMPT_SIGNAL_VARIABLE = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's setting: the signal's name without "SIG"
+DEFAULT_PREEMPT_SIGNAL = signal.SIGUSR2  # submitit's default
+
+
+def signal_named(name: object) -> signal.Signals | None:
+    """The signal ``name`` names (``USR1``, ``SIGUSR1``, any case), or None."""
+    if not isinstance(name, str):
+        return None
+    found = getattr(signal, "SIG" + name.strip().upper().removeprefix("SIG"), None)
+    return found if isinstance(found, signal.Signals) else None
+
+
+def stop_signals(environ: os._Environ | dict[str, str] | None = None) -> tuple[signal.Signals, ...]:
+    """``SIGTERM`` and the preemption signal: the one ``SUBMITIT_PREEMPT_SIGNAL`` names, else ``SIGUSR2``."""
+    name = (os.environ if environ is None else environ).get(PREEMPT_SIGNAL_VARIABLE)
+    preempt = signal_named(name) or DEFAULT_PREEMPT_SIGNAL
+    if name and signal_named(name) is None:
+        log.warning("%s=%r names no signal: stopping on SIGTERM and %s", PREEMPT_SIGNAL_VARIABLE, name, preempt.name)
+    return tuple(dict.fromkeys((signal.SIGTERM, preempt)))
 STOPPED_EXIT_CODE = 128 + signal.SIGTERM  # 143, the shell's "terminated by SIGTERM": the run did not finish
 
 
@@ -58,8 +78,9 @@ class StopRequested(Exception):
 
 
 @contextmanager
-def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[StopRequest]:
-    """A :class:`StopRequest` set by ``signals`` while the block runs (previous handlers restored after).
+def stop_on_signals(signals: tuple[signal.Signals, ...] | None = None) -> Iterator[StopRequest]:
+    """A :class:`StopRequest` set by ``signals`` (default :func:`stop_signals`) while the block runs (previous
+    handlers restored after).
 
     Handlers can only be installed from the main thread; elsewhere (a run started from a thread) the
     request is never set by a signal.
@@ -68,7 +89,7 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.signal(sig, request._handle) for sig in signals}
+    previous = {sig: signal.signal(sig, request._handle) for sig in (signals or stop_signals())}
     try:
         yield request
     finally:
