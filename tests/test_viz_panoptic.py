@@ -46,3 +46,20 @@ def test_size_mismatch_is_refused():
     image, ids, segments = scene()
     with pytest.raises(ValueError, match="id_map of shape"):
         draw_panoptic(image, ids[:-1], segments)
+
+
+def test_labels_sit_at_the_most_interior_pixel_of_the_whole_image():
+    """The label position from the segment's box equals the full-image distance transform's (scipy's, the oracle)."""
+    from scipy import ndimage
+
+    from torchdetr.viz.panoptic import _most_interior_pixel
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = np.zeros((40, 60), dtype=bool)
+        for _ in range(3):  # a few random rectangles, some touching the image's edge
+            y, x = rng.integers(0, 40), rng.integers(0, 60)
+            mask[y:y + rng.integers(1, 25), x:x + rng.integers(1, 35)] = True
+        full = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(full.argmax()), full.shape)
+        assert _most_interior_pixel(mask) == (int(x), int(y))

@@ -32,6 +32,21 @@ def segment_color(category_id: int, instance: int, isthing: bool) -> RGB:
     return tuple(round(float(c + abs(shade) * (target - c))) for c in base)  # type: ignore[return-value]
 
 
+def _most_interior_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """``(x, y)`` of the pixel of ``mask`` bool [H, W] (not empty) farthest from its border (the first such pixel in
+    row-major order; the image's edge counts as border).
+
+    The distance transform runs on the mask's bounding box padded by one background pixel: every pixel outside
+    the box is background and no closer than that padding, so the distances equal the whole image's.
+    """
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    top, left = int(rows[0]), int(cols[0])
+    box = mask[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
+    distance = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+    return left + int(x), top + int(y)
+
+
 def draw_panoptic(
     image: Image.Image,
     id_map: np.ndarray,
@@ -68,9 +83,7 @@ def draw_panoptic(
         colors[mask] = color
         labelled |= mask
         if labels and mask.mean() >= MIN_LABEL_AREA_FRACTION:
-            distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-            y, x = np.unravel_index(int(distance.argmax()), distance.shape)
-            placements.append(((int(x), int(y)), names.get(category_id, str(category_id)), color))
+            placements.append((_most_interior_pixel(mask), names.get(category_id, str(category_id)), color))
     canvas[labelled] = (1 - alpha) * canvas[labelled] + alpha * colors[labelled]
     border = np.zeros(id_map.shape, dtype=bool)
     border[:, 1:] |= id_map[:, 1:] != id_map[:, :-1]
