@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from ..data.panoptic import segment_bbox
 from .draw import RGB, class_color, contrast_color, font_size_for
 
 OVERLAY_ALPHA = 0.55  # weight of the segment colour over the image
@@ -39,9 +40,8 @@ def _most_interior_pixel(mask: np.ndarray) -> tuple[int, int]:
     The distance transform runs on the mask's bounding box padded by one background pixel: every pixel outside
     the box is background and no closer than that padding, so the distances equal the whole image's.
     """
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    top, left = int(rows[0]), int(cols[0])
-    box = mask[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
+    left, top, width, height = segment_bbox(mask)
+    box = mask[top:top + height, left:left + width]
     distance = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(distance.argmax()), distance.shape)
     return left + int(x), top + int(y)
