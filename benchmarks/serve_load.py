@@ -30,8 +30,6 @@ import asyncio
 import io
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,10 +48,10 @@ from machine import cpu_name  # noqa: E402
 
 from tests.test_predict import random_image, write_tiny_checkpoint  # noqa: E402
 from torchdetr.inference.detector import Detector  # noqa: E402
+from torchdetr.serve.background import free_port, running_server  # noqa: E402
 
 HEALTH_PERIOD_S = 0.05
 MEMORY_PERIOD_S = 0.1
-STARTUP_TIMEOUT_S = 180
 IMAGE_SIZE = (480, 640)  # height, width of the uploaded picture (resized by the model's own rule)
 
 
@@ -111,29 +109,6 @@ def serve_variant(variant: str, model: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(command: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -187,20 +162,13 @@ async def load(base: str, image: bytes, clients: int, requests: int, result: Res
 
 
 def run_scenario(name: str, command: list[str], port: int, image: bytes, clients: int, requests: int) -> Result:
-    process = start_server(command, port)
     result = Result(name)
-    try:
+    with running_server(command, port, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}) as process:
         base = f"http://127.0.0.1:{port}"
         for _ in range(3):  # warm-up
             httpx.post(base + "/v1/detect", content=image, headers={"content-type": "image/jpeg"}, timeout=300)
         result.idle_rss_mb = rss_mb(process.pid)
         asyncio.run(load(base, image, clients, requests, result, process.pid))
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
     return result
 
 

@@ -19,50 +19,25 @@ import argparse
 import io
 import mimetypes
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from torchdetr.serve.background import ServerStartError, free_port, running_server
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("TORCHDETR_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-STARTUP_TIMEOUT_S = 180
 ATTENTION_TIMEOUT_S = 120
 PNG_COLOURS = 256  # the screenshot is stored as a palette PNG: a fraction of the RGB file's size
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: str, port: int, threshold: float, log: io.TextIOBase) -> subprocess.Popen:
-    """``detr serve`` on 127.0.0.1:``port``, returned once it answers ``/healthz``."""
-    import httpx
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torchdetr.cli", "serve", "--model", model, "--port", str(port), "--device", "cpu",
-         "--threshold", str(threshold), "--log_level", "warning"],
-        cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"detr serve exited with {process.returncode} (log: {log.name})")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit(f"detr serve did not answer /healthz within {STARTUP_TIMEOUT_S} s (log: {log.name})")
-        time.sleep(0.2)
+def serve_command(model: str, port: int, threshold: float) -> list[str]:
+    """``detr serve`` of ``model`` on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "torchdetr.cli", "serve", "--model", model, "--port", str(port), "--device", "cpu",
+            "--threshold", str(threshold), "--log_level", "warning"]
 
 
 def wait_until(page, expression: str, timeout_s: float) -> None:
@@ -133,15 +108,12 @@ def main() -> None:
     viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
     port = free_port()
     with tempfile.NamedTemporaryFile("w", prefix="serve_screenshot_", suffix=".log", delete=False) as log:
-        server = start_server(args.model, port, args.threshold, log)
         try:
-            png = capture(f"http://127.0.0.1:{port}", args.image, args.threshold, point, viewport, args.opacity)
-        finally:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            with running_server(serve_command(args.model, port, args.threshold), port, log=log, cwd=ROOT,
+                                env=os.environ | {"PYTHONPATH": str(ROOT)}):
+                png = capture(f"http://127.0.0.1:{port}", args.image, args.threshold, point, viewport, args.opacity)
+        except ServerStartError as err:
+            raise SystemExit(f"detr serve: {err}") from None
     picture = Image.open(io.BytesIO(png)).convert("RGB")
     picture.quantize(PNG_COLOURS, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
     print(f"{args.out}: {picture.width} x {picture.height}, {args.out.stat().st_size / 1024:.0f} KB")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import httpx
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
+
+from torchdetr.serve.background import ServerStartError, free_port, running_server
 
 from .conftest import ROOT
 from .test_predict import random_image, write_tiny_checkpoint
@@ -41,47 +42,21 @@ def browser_required() -> bool:
     return os.environ.get(REQUIRE_BROWSER_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``detr serve`` on a free loopback port with a random tiny model and --threshold 0 (every query shown)."""
     folder = tmp_path_factory.mktemp("served")
     checkpoint = write_tiny_checkpoint(folder / "tiny.pth")
     port = free_port()
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torchdetr.cli", "serve", "--model", str(checkpoint), "--port", str(port), "--device", "cpu",
-         "--threshold", "0", "--max_upload_mb", str(UPLOAD_LIMIT_MB), "--log_level", "warning"],
-        cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"detr serve exited with {process.returncode}: {(folder / 'server.log').read_text()[-2000:]}")
+    command = [sys.executable, "-m", "torchdetr.cli", "serve", "--model", str(checkpoint), "--port", str(port),
+               "--device", "cpu", "--threshold", "0", "--max_upload_mb", str(UPLOAD_LIMIT_MB), "--log_level", "warning"]
+    with (folder / "server.log").open("w") as log:
         try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("detr serve did not answer /healthz in time")
-        time.sleep(0.2)
-    try:
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            with running_server(command, port, log=log, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                                startup_timeout_s=STARTUP_TIMEOUT_S):
+                yield f"http://127.0.0.1:{port}"
+        except ServerStartError as err:
+            pytest.fail(f"detr serve: {err}")
 
 
 def raw_request(port: int, head: bytes, body_chunks, read_timeout: float = 10) -> bytes:
