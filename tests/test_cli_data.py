@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -100,7 +99,6 @@ def test_check_missing_path_exits_2(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "empty")]) == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchdetr.data.synthetic") is None, reason="no synthetic data module")
 def test_synth_writes_a_dataset_that_checks(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["data", "synth", "--out", str(out), "--num_train", "3", "--num_val", "2", "--seed", "1",

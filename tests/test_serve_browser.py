@@ -81,11 +81,11 @@ def raw_request(port: int, head: bytes, body_chunks, read_timeout: float = 10) -
 
 def test_real_server_refuses_oversized_bodies_without_reading_them(server):
     port = int(server.rsplit(":", 1)[1])
-    started = time.monotonic()
     declared = raw_request(port, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                                  b"Content-Length: 100000000000\r\n\r\n", [b"\x89PNG"])
+    # 100 GB were declared, only 4 bytes sent: a server that waited for the body would answer nothing before
+    # raw_request's socket timeout, and the answer would be empty (no clock is asserted)
     assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
-    assert time.monotonic() - started < 30  # 100 GB were declared; only 4 bytes were sent
     chunk = 64 * 1024
     many = (f"{chunk:x}\r\n".encode() + b"\x00" * chunk + b"\r\n" for _ in range(10 * UPLOAD_LIMIT_MB * 16))
     chunked = raw_request(port, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
