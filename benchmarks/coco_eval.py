@@ -17,15 +17,16 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_description  # benchmarks/machine.py (this script's folder is on sys.path)
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from results_file import add_output_arguments, output_path, write_results
 
 from torchdetr.evaluation.checks import resolve_backend
 from torchdetr.evaluation.results_file import evaluate_results_file
@@ -85,8 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="benchmarks/results/coco_eval.md")
+    add_output_arguments(parser, Path(__file__).parent / "results" / "coco_eval.md")
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
     with tempfile.TemporaryDirectory() as tmp:
         gt = ground_truth(args.copies)
         ann, results = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
@@ -120,15 +122,13 @@ def main() -> None:
         f"(BCCD ×{args.copies}), {len(dets)} detections, bbox; median of {args.repeats} interleaved runs, each from the "
         "files on disk (loading included).",
         "",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; Python "
-        f"{platform.python_version()}; load average before the table: {', '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        f"- machine: {machine_description()}; load average before the table: "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}",
         "",
         *rows,
         "",
     ])
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+    write_results(output, text)
 
 
 if __name__ == "__main__":

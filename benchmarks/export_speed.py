@@ -26,6 +26,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 from machine import cpu_name
+from results_file import add_output_arguments, output_path, write_results
 
 from torchdetr.config import DETRConfig
 from torchdetr.inference import export
@@ -139,20 +140,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of every engine (default 1: on a CPU shared with other jobs, PyTorch's OpenMP "
                              "barriers stall whenever another job takes one of the threads' cores)")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "export_speed.md"),
-                        help="markdown file for the table ('' = print only)")
+    add_output_arguments(parser, Path(__file__).parent / "results" / "export_speed.md")
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
     torch.set_num_threads(args.threads)
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(name, args.runs, args.threads, Path(tmp)) for name in args.models]
     load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = markdown(rows, args.threads, args.runs, load_before, load_after)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
+    write_results(output, text)
 
 
 if __name__ == "__main__":

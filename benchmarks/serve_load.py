@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import cpu_name  # noqa: E402
+from results_file import add_output_arguments, output_path, write_results  # noqa: E402
 
 from tests.test_predict import random_image, write_tiny_checkpoint  # noqa: E402
 from torchdetr.inference.detector import Detector  # noqa: E402
@@ -251,9 +252,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per scenario (default 100; r50: a quarter)")
     parser.add_argument("--queue", type=int, default=16, help="--queue of the shipped server (default 16)")
     parser.add_argument("--small_queue", type=int, default=1, help="--queue of the small-queue scenario (default 1)")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "serve.md"),
-                        help="Markdown file to write ('' = print only)")
+    add_output_arguments(parser, ROOT / "benchmarks" / "results" / "serve.md")
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
 
     buffer = io.BytesIO()
     random_image(*IMAGE_SIZE, seed=0).save(buffer, format="JPEG", quality=90)
@@ -299,10 +300,7 @@ def main() -> None:
         "answers/s counts every answer (a 503 is answered at once); 200/s only detections; vs direct = 200/s × the "
         "baseline's seconds per request. /healthz max: the slowest health check during the load.",
     ])
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-        print(f"→ {args.output}")
+    write_results(output, text + "\n")
 
 
 if __name__ == "__main__":

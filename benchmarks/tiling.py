@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from machine import machine_description  # noqa: E402
+from results_file import add_output_arguments, output_path, write_results  # noqa: E402
 
 from torchdetr import Detector  # noqa: E402
 from torchdetr.data.synthetic_video import SyntheticLargeImages  # noqa: E402
@@ -100,8 +101,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recall_score", type=float, default=RECALL_SCORE, help="score above which detections count for recall")
-    parser.add_argument("--output", default=str(RESULTS), help="markdown file for the table ('' = print only)")
+    add_output_arguments(parser, RESULTS)
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
     torch.set_num_threads(args.threads)
 
     checkpoint = args.checkpoint or MODEL_DIR / "checkpoint.pth"
@@ -144,10 +146,7 @@ def main() -> None:
         ratio = "—" if base["recall"] == 0 and row is not base else (
             "1.00" if row is base else f"{row['recall'] / base['recall']:.1f}")
         lines.append(f"| {name} | {row['ap50']:.3f} | {row['ap']:.3f} | {row['recall']:.3f} | {ratio} | {row['seconds']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+    write_results(output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

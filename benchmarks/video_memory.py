@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import add_output_arguments, output_path, write_results  # noqa: E402  (benchmarks/)
+
 RESULTS = ROOT / "benchmarks" / "results" / "video_memory.md"
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=64,
             num_queries=10, num_classes=6, backbone_weights="none", image_size=128, dropout=0.0)
@@ -93,8 +95,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"))
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each command (OMP_NUM_THREADS)")
-    parser.add_argument("--output", default=str(RESULTS), help="markdown file for the table ('' = print only)")
+    add_output_arguments(parser, RESULTS)
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,10 +131,7 @@ def main() -> None:
         ratio = row["peak_mib"] / base["peak_mib"]
         lines.append(f"| detr {row['command']} | {row['frames']} | {row['peak_mib']:.0f} | {ratio:.2f} "
                      f"| {row['seconds']:.0f} | {row['frames'] / row['seconds']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
+    write_results(output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
