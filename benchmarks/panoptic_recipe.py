@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,6 +30,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import machine_description  # noqa: E402  (benchmarks/)
+from results_file import add_output_arguments, output_path, write_results  # noqa: E402  (benchmarks/)
 
 from torchdetr.config import DETRConfig  # noqa: E402
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder  # noqa: E402
@@ -100,7 +101,9 @@ def main() -> None:
     parser.add_argument("--work", help="folder for the data and the runs (default: a temporary one, removed)")
     parser.add_argument("--picture", help="also draw validation predictions to this PNG")
     parser.add_argument("--picture_threshold", type=float, help="score threshold of the picture (default 0.85)")
+    add_output_arguments(parser, RESULTS)
     args = parser.parse_args()
+    output = output_path(args.output, args.overwrite)
     torch.set_num_threads(args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="panoptic_recipe_"))
     try:
@@ -134,8 +137,7 @@ def main() -> None:
         + f"; stage 1 {args.box_epochs} epochs, stage 2 {args.mask_epochs} epochs ({iterations} iterations each). "
         "PQ/SQ/RQ and AP in percent, on the validation split.",
         "",
-        f"Machine: {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {args.threads} threads), "
-        f"torch {torch.__version__}, Python {platform.python_version()}; other work shared the cores, so CPU time / "
+        f"Machine: {machine_description()}, {args.threads} threads per run; other work shared the cores, so CPU time / "
         "threads is the fairer time.",
         "",
         "| stage | epochs | wall min | CPU min / thread | box AP | box AP50 | mask AP | mask AP50 |",
@@ -152,8 +154,7 @@ def main() -> None:
     for name, key in (("All", "test_PQ_all"), ("Things", "test_PQ_th"), ("Stuff", "test_PQ_st")):
         group = mask_row[key]
         lines.append(f"| {name} | {pct(group['pq'])} | {pct(group['sq'])} | {pct(group['rq'])} | {group['n']} |")
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(output, "\n".join(lines) + "\n")
     print(json.dumps({"box": box_row.get("test_coco_eval_bbox"), "PQ": mask_row.get("test_PQ_all")}))
 
 
