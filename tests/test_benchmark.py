@@ -128,3 +128,27 @@ def test_benchmark_ap_is_coco_ap_of_the_detections(shift, expected_ap):
     assert (ap, ap50) == pytest.approx((evaluation.stats[0], evaluation.stats[1]), abs=1e-9)
     assert ap50 == pytest.approx(1.0, abs=1e-6)
     assert ap == pytest.approx(expected_ap, abs=1e-6)
+
+
+def test_benchmark_ap_refuses_a_broken_annotation_file_in_one_line(tmp_path):
+    """An annotation without ``bbox`` is a one-line ``DataError`` naming the file (``load_coco_gt``), not a KeyError deep
+    inside COCOeval after every format has been timed."""
+    from torchdetr.config import DETRConfig
+    from torchdetr.errors import DataError
+    from torchdetr.inference.dataset_images import dataset_images, load_images
+    from torchdetr.inference.loading import LoadedModel
+
+    from .conftest import DATA, require
+
+    ann_file, images = dataset_images(require(DATA / "bccd"), limit=2)
+    ann = json.loads(ann_file.read_text())
+    damaged = json.loads(ann_file.read_text())
+    del damaged["annotations"][0]["bbox"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(damaged))
+    ids = [i.image_id for i in images]
+    num_classes = max(c["id"] for c in ann["categories"]) + 1
+    loaded = LoadedModel(model=torch.nn.Identity(), config=DETRConfig(num_classes=num_classes),
+                         category_names={c["id"]: c["name"] for c in ann["categories"]}, image_size=64, max_size=96)
+    with pytest.raises(DataError, match=r"broken\.json"):
+        benchmark.coco_ap_of(_ground_truth_runner(ann, ids, 0.0, num_classes), loaded, broken, images, load_images(images))

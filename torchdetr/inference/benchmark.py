@@ -339,17 +339,18 @@ def _compute_dtype(fmt: str) -> str:
     return "bf16" if fmt == "pytorch-bf16" else "fp32"
 
 
-def coco_ap_of(runner: Runner, loaded: LoadedModel, ann_file: Path, images: Sequence[Any],
+def coco_ap_of(runner: Runner, loaded: LoadedModel, ground_truth: str | Path | Any, images: Sequence[Any],
                pictures: Sequence[Any]) -> tuple[float, float]:
-    """(AP, AP50) (COCO, bbox) of ``runner`` on ``pictures`` (the dataset's images with ids), threshold 0."""
-    import contextlib as _contextlib
-    import io
+    """(AP, AP50) (COCO, bbox) of ``runner`` on ``pictures`` (the dataset's images with ids), threshold 0.
 
-    from pycocotools.coco import COCO
-
+    ``ground_truth``: the annotation file (read and validated by ``load_coco_gt``) or a ``COCO`` already read
+    with it (``run_benchmark`` reads it once, before timing, for every format).
+    """
     from ..evaluation.coco import run_coco_eval
+    from ..evaluation.ground_truth import load_coco_gt
     from .detector import Detector
 
+    coco_gt = load_coco_gt(ground_truth) if isinstance(ground_truth, (str, Path)) else ground_truth
     detector = Detector(runner, loaded.category_names, threshold=0.0, image_size=loaded.image_size,
                         max_size=loaded.max_size, batch_size=1, focal=loaded.config.cls_loss == "focal")
     results = []
@@ -358,8 +359,6 @@ def coco_ap_of(runner: Runner, loaded: LoadedModel, ann_file: Path, images: Sequ
             x1, y1, x2, y2 = d.box
             results.append({"image_id": image.image_id, "category_id": d.label, "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "score": d.score})
-    with _contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(ann_file))
     known = set(coco_gt.getCatIds())
     results = [r for r in results if r["category_id"] in known]
     coco_eval, _ = run_coco_eval(coco_gt, results, "bbox", [i.image_id for i in images], backend="auto")
@@ -403,15 +402,16 @@ def run_benchmark(
                              gflop_per_image=flops / batch / 1e9, data=str(data) if data else None, warmup=warmup,
                              calibration_images=calibration_images if data else 0)
 
-    dataset: tuple[Path, list, list] | None = None
+    dataset: tuple[Any, list, list] | None = None
     calibration = None
     if data is not None:
+        from ..evaluation.ground_truth import load_coco_gt
         from .dataset_images import dataset_images, load_images, preprocessed_batches
 
         ann_file, entries = dataset_images(data, limit=max(ap_images, calibration_images))
         pictures = load_images(entries)
-        if ap_images:
-            dataset = (ann_file, entries[:ap_images], pictures[:ap_images])
+        if ap_images:  # read and validated once, before any timing: a broken file fails at once, in one line
+            dataset = (load_coco_gt(ann_file), entries[:ap_images], pictures[:ap_images])
             report.ap_images = len(dataset[1])
         calibration = preprocessed_batches(pictures[:calibration_images], loaded.image_size, loaded.max_size)
 

@@ -22,7 +22,7 @@ objects larger than a tile are also found.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,11 +74,6 @@ def tile_windows(width: int, height: int, tiling: Tiling) -> list[Window]:
     return [(x, y, min(x + tiling.tile, width), min(y + tiling.tile, height)) for y in ys for x in xs]
 
 
-def _window_batches(image: Image.Image, windows: Sequence[Window], batch_size: int) -> Iterator[list[Image.Image]]:
-    for start in range(0, len(windows), batch_size):
-        yield [image.crop(window) for window in windows[start:start + batch_size]]
-
-
 def merge_detections(detections: Sequence[Detection], merge_iou: float = DEFAULT_MERGE_IOU) -> list[Detection]:
     """Class-aware NMS (``torchvision.ops.batched_nms``) over detections in one image's pixels, by decreasing score."""
     if not detections:
@@ -109,8 +104,9 @@ def detect_tiled(image: Image.Image, detect: DetectBatch, tiling: Tiling, batch_
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     windows = tile_windows(image.width, image.height, tiling)
     found: list[Detection] = []
-    for start, crops in zip(range(0, len(windows), batch_size), _window_batches(image, windows, batch_size)):
-        for (x0, y0, _, _), in_window in zip(windows[start:start + batch_size], detect(crops)):
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size]
+        for (x0, y0, _, _), in_window in zip(batch, detect([image.crop(window) for window in batch])):
             found.extend(shift(d, x0, y0) for d in in_window)
     if tiling.full_image:
         found.extend(detect([image])[0])
