@@ -69,51 +69,21 @@ def _padded_inputs(samples: Samples) -> tuple[Tensor, Tensor]:
     return images, mask
 
 
-class OnnxRunner:
-    """An exported ONNX model run with onnxruntime, called like the eager model.
+class ExportedModelFile:
+    """What an exported model file tells from its stored metadata (``metadata``: the ``torchdetr.*`` keys that
+    ``detr export`` writes, given by each runtime) and its outputs (``output_names``)."""
 
-    ``runner(samples)`` returns ``{"pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4]}`` (+
-    ``"pred_masks"`` [B, Q, H/4, W/4]) as float32 torch tensors on the device of the input images.
-    ``providers`` default to CUDA (when onnxruntime has it) then CPU; ``threads`` sets
-    onnxruntime's intra-op threads (default: its own choice, one per physical core); ``spinning=False``
-    lets them sleep between calls instead of spin-waiting.
-    """
+    path: Path
+    output_names: tuple[str, ...]
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-                 spinning: bool = True) -> None:
-        require_onnx()
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise MissingFileError(f"ONNX model not found: {self.path}")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        if not spinning:  # idle threads sleep at once (fair when other work shares the cores, e.g. a benchmark)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable files
-            raise InputFileError(f"{self.path}: not a loadable ONNX model ({_first_line(err)})") from None
-        inputs = [i.name for i in self.session.get_inputs()]
-        if inputs != list(INPUT_NAMES):
-            raise InputFileError(f"{self.path}: not a torchdetr export (inputs {inputs}, expected {list(INPUT_NAMES)})")
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
-        self.input_shape = tuple(self.session.get_inputs()[0].shape)  # ints where static, names where dynamic
+    @property
+    def metadata(self) -> dict[str, str]:
+        raise NotImplementedError
 
     @property
     def has_masks(self) -> bool:
         """True when the model also returns ``pred_masks``."""
         return MASK_OUTPUT in self.output_names
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The ``torchdetr.*`` (and any other) metadata stored in the file."""
-        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     @property
     def category_names(self) -> dict[int, str]:
@@ -150,6 +120,48 @@ class OnnxRunner:
                 raise InputFileError(f"{self.path}: unreadable torchdetr.image_size / max_size metadata") from None
         return config_validation_size(self.config or DETRConfig())
 
+
+class OnnxRunner(ExportedModelFile):
+    """An exported ONNX model run with onnxruntime, called like the eager model.
+
+    ``runner(samples)`` returns ``{"pred_logits" [B, Q, K+1], "pred_boxes" [B, Q, 4]}`` (+
+    ``"pred_masks"`` [B, Q, H/4, W/4]) as float32 torch tensors on the device of the input images.
+    ``providers`` default to CUDA (when onnxruntime has it) then CPU; ``threads`` sets
+    onnxruntime's intra-op threads (default: its own choice, one per physical core); ``spinning=False``
+    lets them sleep between calls instead of spin-waiting.
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 spinning: bool = True) -> None:
+        require_onnx()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise MissingFileError(f"ONNX model not found: {self.path}")
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        if not spinning:  # idle threads sleep at once (fair when other work shares the cores, e.g. a benchmark)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+            raise InputFileError(f"{self.path}: not a loadable ONNX model ({_first_line(err)})") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != list(INPUT_NAMES):
+            raise InputFileError(f"{self.path}: not a torchdetr export (inputs {inputs}, expected {list(INPUT_NAMES)})")
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)  # ints where static, names where dynamic
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``torchdetr.*`` (and any other) metadata stored in the file."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def __call__(self, samples: Samples) -> dict[str, Tensor]:
         images, mask = _padded_inputs(samples)
         expected = self.input_shape
@@ -182,7 +194,7 @@ OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # OpenVINO's inference pr
 OPENVINO_METADATA_KEY = "torchdetr_metadata"  # rt_info entry: the export metadata as one JSON object
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(ExportedModelFile):
     """An OpenVINO IR file (``.xml`` + ``.bin``, from ``detr export --format openvino``) on OpenVINO's CPU plugin.
 
     Called like the eager model; returns float32 torch tensors on the input's device. ``precision``
@@ -218,11 +230,10 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    metadata = property(lambda self: dict(self._metadata), doc="The ``torchdetr.*`` metadata stored in the IR.")
-    has_masks = property(lambda self: MASK_OUTPUT in self.output_names)
-    category_names = property(lambda self: OnnxRunner.category_names.fget(self))  # type: ignore[attr-defined]
-    config = property(lambda self: OnnxRunner.config.fget(self))  # type: ignore[attr-defined]
-    input_size = property(lambda self: OnnxRunner.input_size.fget(self))  # type: ignore[attr-defined]
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``torchdetr.*`` metadata stored in the IR's ``rt_info``."""
+        return dict(self._metadata)
 
     def __call__(self, samples: Samples) -> dict[str, Tensor]:
         images, mask = _padded_inputs(samples)
