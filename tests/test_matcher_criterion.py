@@ -16,7 +16,7 @@ from torchvision.ops import box_convert, generalized_box_iou
 from torchdetr import DETRConfig, build_model, load_checkpoint
 from torchdetr.engine.checkpoint import load_model_state
 from torchdetr.losses.matcher import HungarianMatcher
-from torchdetr.losses.set_criterion import default_weight_dict
+from torchdetr.losses.set_criterion import default_weight_dict, world_average_num_boxes
 
 from .tiny import tiny_config
 
@@ -197,3 +197,11 @@ def test_download_failure_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(ConnectionError, match=r"could not download .*detr-r50-e632da11\.pth.*no network"):
         load_checkpoint("https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth")
+
+
+def test_world_average_num_boxes_in_one_process_needs_no_device_round_trip():
+    """The count is known on the host: a device tensor read back would wait for the device at every loss call
+    (a meta device holds no values, so any read fails)."""
+    targets = [{"labels": torch.zeros(3, dtype=torch.int64)}, {"labels": torch.zeros(0, dtype=torch.int64)}]
+    assert world_average_num_boxes(targets, torch.device("meta")) == 3.0
+    assert world_average_num_boxes([{"labels": torch.zeros(0)}], torch.device("meta")) == 1.0  # at least 1

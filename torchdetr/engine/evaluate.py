@@ -37,7 +37,7 @@ from ..models.postprocess import check_finite_outputs
 from . import distributed as du
 from .datasets import load_run_data, resolve_num_classes
 from .loaders import make_loaders
-from .loop import LossAverager
+from .loop import LossAverager, losses_to_host
 from .run_log import prepare_output_dir
 from .runtime import autocast_context, progress, start_process, to_device, to_float
 from .start import load_start_weights, load_weights_to_evaluate
@@ -135,7 +135,8 @@ def evaluate(
         outputs = to_float(outputs)
         check_finite_outputs(outputs, cfg.resume if cfg.eval else None)
         loss_dict = criterion(outputs, targets)
-        averager.update(loss_dict, float(criterion.weighted_total(loss_dict)))
+        total, values = losses_to_host(criterion.weighted_total(loss_dict), loss_dict)
+        averager.update(values, total)
         orig_target_sizes = torch.stack([t["orig_size"] for t in targets], dim=0)  # [B, 2] (H, W)
         results = postprocessors["bbox"](outputs, orig_target_sizes)
         if "segm" in postprocessors:

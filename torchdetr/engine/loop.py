@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -27,6 +27,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
+def losses_to_host(total: Tensor, loss_dict: Mapping[str, Tensor]) -> tuple[float, dict[str, float]]:
+    """``(total, {name: value})`` as Python numbers from ONE device → host copy (a training step waits for
+    the device once, before its backward; float64 keeps every float32 value exactly). ``total`` and the
+    entries of ``loss_dict`` are scalar tensors."""
+    numbers = torch.stack([t.detach().to(torch.float64).reshape(()) for t in (total, *loss_dict.values())]).tolist()
+    return numbers[0], dict(zip(loss_dict, numbers[1:]))
+
+
 class LossAverager:
     """Running means of the criterion's entries, logged as the original does.
 
@@ -39,12 +47,9 @@ class LossAverager:
         self.sums: dict[str, float] = defaultdict(float)
         self.count = 0
 
-    def update(self, loss_dict: dict[str, Tensor], total: float) -> dict[str, float]:
-        """Add one iteration (``loss_dict`` of scalar tensors, ``total`` its weighted sum); returns its row."""
-        # one device → host copy for all entries (float64 keeps every float32 value exactly)
-        numbers = (torch.stack([v.detach().to(torch.float64).reshape(()) for v in loss_dict.values()]).tolist()
-                   if loss_dict else [])
-        values = dict(zip(loss_dict, numbers))
+    def update(self, values: Mapping[str, float], total: float) -> dict[str, float]:
+        """Add one iteration (``values``: the criterion's entries as numbers, :func:`losses_to_host`; ``total``
+        their weighted sum); returns its row."""
         row = {"loss": total}
         row.update({k: v * self.weight_dict[k] for k, v in values.items() if k in self.weight_dict})
         row.update({f"{k}_unscaled": v for k, v in values.items()})
@@ -122,10 +127,10 @@ def train_one_epoch(
             losses = criterion.weighted_total(loss_dict)
         except FloatingPointError as err:  # the matcher refuses non-finite predictions
             raise TrainingDiverged(f"{err} at epoch {epoch}, iteration {iterations}") from None
-        loss_value, stop_agreed = _mean_over_processes(float(losses.detach()), stop is not None and stop.requested,
-                                                       device)
+        local_total, values = losses_to_host(losses, loss_dict)
+        loss_value, stop_agreed = _mean_over_processes(local_total, stop is not None and stop.requested, device)
         if not math.isfinite(loss_value):
-            details = ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+            details = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise TrainingDiverged(f"loss is {loss_value} at epoch {epoch}, iteration {iterations} ({details})")
 
         _optimizer_step(losses, model, optimizer, scaler, cfg.clip_max_norm)
@@ -134,7 +139,7 @@ def train_one_epoch(
         if ema is not None:
             ema.update(unwrap(model).detr if with_training_queries else unwrap(model))
 
-        row = averager.update(loss_dict, loss_value)
+        row = averager.update(values, loss_value)
         iterations += 1
         if on_step is not None:
             on_step(iterations)

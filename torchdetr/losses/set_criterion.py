@@ -54,13 +54,16 @@ def _tgt_permutation_idx(indices: Indices) -> tuple[Tensor, Tensor]:
 
 
 def world_average_num_boxes(targets: Targets, device: torch.device, synchronize: bool = True) -> float:
-    """Number of target boxes averaged over distributed processes (``synchronize``; else this batch's), at least 1."""
-    num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device)
-    world_size = 1
-    if synchronize and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_boxes)
-        world_size = dist.get_world_size()
-    return torch.clamp(num_boxes / world_size, min=1).item()
+    """Number of target boxes averaged over distributed processes (``synchronize``; else this batch's), at least 1.
+
+    In a single process (or without ``synchronize``) the count is known on the host: no device round trip.
+    """
+    count = float(sum(len(t["labels"]) for t in targets))
+    if not (synchronize and dist.is_available() and dist.is_initialized()):
+        return max(count, 1.0)  # = the original's clamp(float32 tensor, min=1).item(): counts < 2**24 are exact
+    num_boxes = torch.as_tensor([count], dtype=torch.float, device=device)
+    dist.all_reduce(num_boxes)
+    return torch.clamp(num_boxes / dist.get_world_size(), min=1).item()
 
 
 class SetCriterion(nn.Module):
