@@ -219,3 +219,13 @@ def test_train_briefly_then_predict_finds_the_objects(tmp_path, capsys):
     assert main(["plot", "logs", str(run), "--output", str(tmp_path / "logs.png")]) == 0
     assert main(["plot", "pr", str(run / "eval" / "latest.pth"), "--output", str(tmp_path / "pr.png")]) == 0
     assert (tmp_path / "logs.png").stat().st_size > 5000 and (tmp_path / "pr.png").stat().st_size > 5000
+
+
+def test_track_loads_a_checkpoint_although_it_has_no_task_or_precision_flag(checkpoint):
+    """``detr track`` shares predict's model loader, which reads ``--task`` and ``--precision``."""
+    from torchdetr.cli import build_parser
+    from torchdetr.cli.track import _load_detector
+
+    args = build_parser("track").parse_args(["track", "clip.mp4", "--model", str(checkpoint), "--output", "out",
+                                             "--device", "cpu"])
+    assert isinstance(_load_detector(args), Detector)

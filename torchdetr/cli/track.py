@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError, InputFileError, MissingFileError
+from ..inference.precision import FAITHFUL
 from ..inference.video import find_video_files
 from .predict import _load_detector
 from .video_outputs import (
@@ -48,7 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace NAME.mp4 / NAME.jsonl of an earlier run")
     add_tiling_arguments(p)
     add_video_arguments(p)
-    p.set_defaults(func=run)
+    # predict's model loader reads --task and --precision, which track does not offer: boxes, faithful path
+    p.set_defaults(func=run, task="detection", precision=FAITHFUL)
 
 
 def run(args: argparse.Namespace) -> int:
