@@ -229,3 +229,25 @@ def test_track_loads_a_checkpoint_although_it_has_no_task_or_precision_flag(chec
     args = build_parser("track").parse_args(["track", "clip.mp4", "--model", str(checkpoint), "--output", "out",
                                              "--device", "cpu"])
     assert isinstance(_load_detector(args), Detector)
+
+
+def test_video_outputs_are_refused_onto_a_file_or_inside_an_input_folder(tmp_path):
+    """``plan_outputs`` (``detr predict``/``track`` on videos) follows ``torchdetr.output_paths`` as images do."""
+    from torchdetr.cli.video_outputs import plan_outputs
+    from torchdetr.errors import OutputError
+    from torchdetr.inference.video import video_source
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"not decoded here")
+    sources = [video_source(videos / "clip.mp4")]
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        plan_outputs(tmp_path / "a_file", sources)
+    with pytest.raises(OutputError, match="inside the input folder"):
+        plan_outputs(videos / "out", sources, inputs=[str(videos)])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "clip.jsonl").write_text("earlier run\n")
+    with pytest.raises(OutputError, match=r"already holds clip\.jsonl"):
+        plan_outputs(tmp_path / "out", sources)
+    assert [o.video.name for o in plan_outputs(tmp_path / "out", sources, overwrite=True)] == ["clip.mp4"]

@@ -170,10 +170,10 @@ def test_earlier_outputs_and_input_videos_are_never_overwritten(tmp_path, clip, 
     out.mkdir()
     (out / "clip.jsonl").write_text("earlier run\n")
     assert main(["predict", str(clip), "--model", str(checkpoint), "--output", str(out), "--device", "cpu"]) == 2
-    assert "clip.jsonl exists" in capsys.readouterr().err
+    assert "already holds clip.jsonl" in capsys.readouterr().err
     assert (out / "clip.jsonl").read_text() == "earlier run\n" and not (out / "clip.mp4").exists()
     before = clip.read_bytes()
-    with pytest.raises(OutputError, match="an input video"):
+    with pytest.raises(OutputError, match="is the input file"):
         plan_outputs(clip.parent, [video_source(clip)], overwrite=True)
     assert main(["track", str(clip), "--model", str(checkpoint), "--output", str(clip.parent), "--overwrite",
                  "--device", "cpu"]) == 2

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InputFileError, OutputError
+from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
 
 if TYPE_CHECKING:
     from ..inference.detector import Detector
@@ -112,9 +113,15 @@ class VideoOutputs:
     lines: Path
 
 
-def plan_outputs(output: Path, sources: Sequence[VideoSource], overwrite: bool = False) -> list[VideoOutputs]:
-    """Unique ``OUTPUT/NAME.mp4`` + ``.jsonl`` per source; refuse existing files (unless ``overwrite``) and inputs."""
-    inputs = {Path(s.location).resolve() for s in sources if s.kind == "file"}
+def plan_outputs(output: Path, sources: Sequence[VideoSource], overwrite: bool = False,
+                 inputs: Iterable[str | Path | None] = ()) -> list[VideoOutputs]:
+    """Unique ``OUTPUT/NAME.mp4`` + ``.jsonl`` per source. Refuses (``torchdetr.output_paths``) an ``output`` that is
+    a file, a target that is or lies inside an input (the video files, and ``inputs``: the command's other inputs
+    such as folders and the model), and existing targets unless ``overwrite``."""
+    what = f"--output {output}"
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{what} is a file, not a folder: choose a folder")
+    everything = [*(s.location for s in sources if s.kind == "file"), *inputs]
     used: set[str] = set()
     planned = []
     for source in sources:
@@ -125,11 +132,9 @@ def plan_outputs(output: Path, sources: Sequence[VideoSource], overwrite: bool =
         used.add(name)
         outputs = VideoOutputs(output / f"{name}{VIDEO_OUTPUT_SUFFIX}", output / f"{name}{LINES_SUFFIX}")
         for target in (outputs.video, outputs.lines):
-            if target.resolve() in inputs:
-                raise OutputError(f"{target} is an input video; choose another --output")
-            if target.exists() and not overwrite:
-                raise OutputError(f"{target} exists (an earlier run?); choose another --output or pass --overwrite")
+            refuse_inputs(target, everything, what=f"{what} ({target.name})")
         planned.append(outputs)
+    refuse_earlier_work([p for o in planned for p in (o.video, o.lines)], what=what, overwrite=overwrite)
     return planned
 
 
@@ -163,7 +168,8 @@ def run_videos(args: argparse.Namespace, load_detector: Callable[[], Detector], 
     tiling = tiling_from_args(args)
     tile_options = {} if tiling is None else dict(tile=tiling.tile, overlap=tiling.overlap, tile_full=tiling.full_image)
     output = Path(args.output)
-    planned = plan_outputs(output, sources, overwrite=getattr(args, "overwrite", False))
+    planned = plan_outputs(output, sources, overwrite=getattr(args, "overwrite", False),
+                           inputs=[*args.inputs, args.model, args.onnx])
     totals = VideoTotals(skipped=[])
     for source, outputs in zip(sources, planned):
         try:
@@ -179,7 +185,7 @@ def run_videos(args: argparse.Namespace, load_detector: Callable[[], Detector], 
         except BaseException:
             reader.close()
             raise
-        outputs.video.parent.mkdir(parents=True, exist_ok=True)
+        make_output_folder(outputs.video.parent, what=f"--output {output}")
         num_frames = num_detections = 0
         trails = Trails() if tracking else None
         with reader, VideoWriter(outputs.video, reader.output_rate) as writer, open(outputs.lines, "w") as lines, \
