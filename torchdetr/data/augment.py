@@ -252,19 +252,19 @@ def _sizes(name: str, arguments: dict[str, Any], context: _Context) -> dict[str,
 
 
 def _options(arguments: dict[str, Any], context: _Context, where: str, name: str) -> Any:
-    """The ``transforms`` argument (taken out of ``arguments``) of the ``name`` operation at ``where`` in the file."""
+    """The ``transforms`` argument (taken out of ``arguments``) of the container ``name`` at ``where`` in the file;
+    anything but ``transforms`` and ``p`` is refused."""
     options = arguments.pop("transforms", None)
     if options is None:
         raise ConfigError(f"{context.source}: {where}: {name}: missing argument 'transforms' (a list)")
+    unknown = sorted(set(arguments) - {"p"})
+    if unknown:
+        raise ConfigError(f"{context.source}: {where}: {name}: unknown argument {unknown[0]!r}; {name} takes transforms, p")
     return options
 
 
 def _random_choice(arguments: dict[str, Any], context: _Context, where: str) -> Callable[..., Sample]:
     options = _options(arguments, context, where, "RandomChoice")
-    unknown = sorted(set(arguments) - {"p"})
-    if unknown:
-        raise ConfigError(f"{context.source}: {where}: RandomChoice: unknown argument {unknown[0]!r}; "
-                          "RandomChoice takes transforms, p")
     if not isinstance(options, list) or not options:
         raise ConfigError(f"{context.source}: {where}: RandomChoice: transforms: expected a non-empty list of operation lists")
     built = [v2.Compose(_build_list(option if isinstance(option, list) else [option], context,
@@ -277,10 +277,6 @@ def _random_choice(arguments: dict[str, Any], context: _Context, where: str) -> 
 
 def _random_apply(arguments: dict[str, Any], context: _Context, where: str) -> Callable[..., Sample]:
     options = _options(arguments, context, where, "RandomApply")
-    unknown = sorted(set(arguments) - {"p"})
-    if unknown:
-        raise ConfigError(f"{context.source}: {where}: RandomApply: unknown argument {unknown[0]!r}; "
-                          "RandomApply takes transforms, p")
     p = arguments.get("p", 0.5)
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
         raise ConfigError(f"{context.source}: {where}: RandomApply: p: {p!r} is not a probability in [0, 1]")
