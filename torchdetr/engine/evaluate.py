@@ -142,11 +142,12 @@ def evaluate(
         if "segm" in postprocessors:
             target_sizes = torch.stack([t["size"] for t in targets], dim=0)
             results = postprocessors["segm"](results, outputs, orig_target_sizes, target_sizes)
-        evaluator.update({int(t["image_id"].item()): r for t, r in zip(targets, results)})
+        image_ids = torch.stack([t["image_id"].reshape(()) for t in targets]).tolist()  # one device → host copy
+        evaluator.update(dict(zip(image_ids, results)))
         if panoptic_evaluator is not None:  # the original: PNGs at the original size from the processed size
             sizes = torch.stack([t["size"] for t in targets], dim=0)
             panoptic = panoptic_postprocess(outputs, sizes, orig_target_sizes)
-            panoptic_evaluator.update({int(t["image_id"].item()): p for t, p in zip(targets, panoptic)})
+            panoptic_evaluator.update(dict(zip(image_ids, panoptic)))
 
     result = EvalResult(loss_stats=averager.means(device), evaluator=evaluator)
     evaluator.synchronize_between_processes()
