@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shutil
+import types
 from pathlib import Path
 from urllib.error import URLError
 
@@ -221,14 +222,46 @@ def test_train_briefly_then_predict_finds_the_objects(tmp_path, capsys):
     assert (tmp_path / "logs.png").stat().st_size > 5000 and (tmp_path / "pr.png").stat().st_size > 5000
 
 
-def test_track_loads_a_checkpoint_although_it_has_no_task_or_precision_flag(checkpoint):
-    """``detr track`` shares predict's model loader, which reads ``--task`` and ``--precision``."""
+@pytest.mark.parametrize("command", ["predict", "track", "serve"])
+def test_predict_track_and_serve_load_a_checkpoint_with_the_same_model_flags(checkpoint, command, monkeypatch):
+    """One set of model flags (``cli/model_choice.py``): ``--model`` with ``--precision``, ``--exported`` refusing
+    ``--precision``, neither or both refused. ``detr track`` had reused predict's loader, which read ``--task`` and
+    ``--precision``, flags track did not have: it crashed on every real model."""
+    import torchdetr.cli.predict as predict_cli
+    import torchdetr.cli.serve as serve_cli
+    import torchdetr.cli.track as track_cli
     from torchdetr.cli import build_parser
-    from torchdetr.cli.track import _load_detector
+    from torchdetr.errors import ConfigError
 
-    args = build_parser("track").parse_args(["track", "clip.mp4", "--model", str(checkpoint), "--output", "out",
-                                             "--device", "cpu"])
-    assert isinstance(_load_detector(args), Detector)
+    loaded: list[Detector] = []
+
+    def run_videos(args, load, sources, tracking):
+        loaded.append(load())
+        return types.SimpleNamespace(frames=1)
+
+    def load(args):
+        if command == "predict":
+            detector = predict_cli._detector(args)
+        elif command == "serve":
+            detector = serve_cli._detector(args)
+        else:  # track hands run_videos a loader; take the detector it builds instead of reading videos
+            monkeypatch.setattr(track_cli, "run_videos", run_videos)
+            assert track_cli.run(args) == 0
+            detector = loaded.pop()
+        return detector
+
+    def parse(*flags):
+        outputs = [] if command == "serve" else ["rtsp://camera.local/stream", "--output", "out"]
+        return build_parser(command).parse_args([command, *outputs, "--device", "cpu", "--threshold", "0.5", *flags])
+
+    detector = load(parse("--model", str(checkpoint), "--precision", "fp32"))
+    assert isinstance(detector, Detector) and detector.precision == "fp32"
+    assert load(parse("--model", str(checkpoint))).precision == "faithful"
+    with pytest.raises(ConfigError, match="--precision bf16 applies to --model"):
+        load(parse("--exported", "model.onnx", "--precision", "bf16"))
+    for flags in [(), ("--model", str(checkpoint), "--onnx", "model.onnx")]:
+        with pytest.raises(ConfigError, match="give either --model"):
+            load(parse(*flags))
 
 
 def test_video_outputs_are_refused_onto_a_file_or_inside_an_input_folder(tmp_path):

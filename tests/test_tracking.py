@@ -82,7 +82,7 @@ def test_track_command_with_a_planted_detector_writes_stable_track_ids_and_draws
     clip = tmp_path / "shapes.mp4"
     write_video(clip, video.frames(), video.rate)
     detector = Detector(BrightBlobModel(level=160), {1: "shape"}, threshold=0.5, image_size=120, max_size=160)
-    monkeypatch.setattr(track_cli, "_load_detector", lambda args: detector)
+    monkeypatch.setattr(track_cli, "load_detector", lambda args, **options: detector)
     out = tmp_path / "out"
     assert main(["track", str(clip), "--model", "planted", "--output", str(out), "--device", "cpu"]) == 0
     with __import__("av").open(str(out / "shapes.mp4")) as container:

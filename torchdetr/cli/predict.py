@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from ..atomic_write import replace_atomic, write_atomic
 from ..errors import ConfigError, DataError, MissingFileError, OutputError
-from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
 from ..output_paths import make_output_folder, refuse_earlier_work, refuse_inputs
+from .model_choice import add_model_arguments, load_detector
 from .video_outputs import (
     add_tiling_arguments,
     add_video_arguments,
@@ -76,10 +76,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image files, video files, folders of them, stream URLs (rtsp://, http://…) or camera indices (0, 1…)")
-    p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
-    p.add_argument("--onnx", "--exported", dest="onnx", metavar="FILE",
-                   help="run this exported model (from detr export) instead of --model: ONNX or INT8 .onnx with "
-                        "onnxruntime, OpenVINO .xml with OpenVINO; class names and image size come from the file")
+    add_model_arguments(p)
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder for predictions.json (panoptic: panoptic.json, panoptic/) and images/ "
                         "(and NAME.mp4 + NAME.jsonl per video)")
@@ -89,8 +86,6 @@ def add_parser(subparsers) -> None:
                    help="keep queries whose best class probability exceeds this (default 0.7 for detection, 0 keeps "
                         "all, for COCO AP; 0.85 for panoptic, the original's)")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default 4)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS, help=f"--model only. {PRECISION_HELP}")
     p.add_argument("--annotations", metavar="COCO_JSON",
                    help="COCO annotation file whose image ids (matched by file name) the JSON should use")
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
@@ -186,18 +181,10 @@ def coco_results(detections: Sequence[Detection], image_id: int, file_name: str)
     ]
 
 
-def _load_detector(args: argparse.Namespace) -> Detector:
-    from ..inference.detector import Detector
-
-    if bool(args.model) == bool(args.onnx):
-        raise ConfigError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
-    options = dict(threshold=args.threshold if args.task == "detection" else DETECTION_THRESHOLD,
-                   image_size=args.image_size, max_size=args.max_size, batch_size=args.batch_size)
-    if args.onnx:
-        if args.precision != FAITHFUL:
-            raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
-        return Detector.from_exported(args.onnx, device=args.device, **options)
-    return Detector.from_pretrained(args.model, device=args.device, precision=args.precision, **options)
+def _detector(args: argparse.Namespace) -> Detector:
+    threshold = args.threshold if args.task == "detection" else DETECTION_THRESHOLD
+    return load_detector(args, threshold=threshold, batch_size=args.batch_size, image_size=args.image_size,
+                         max_size=args.max_size)
 
 
 def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -282,12 +269,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--task panoptic segments images: videos, streams and --tile are for --task detection")
     if files:
         output, pictures = check_outputs(args)
-    load_detector = functools.cache(lambda: _load_detector(args))
+    detector_once = functools.cache(lambda: _detector(args))
     if sources:
-        videos = run_videos(args, load_detector, sources)
+        videos = run_videos(args, detector_once, sources)
         if not files:
             return 0 if videos.frames else 1
-    detector = load_detector()
+    detector = detector_once()
     if args.task == "panoptic":
         return _run_panoptic(args, files, image_ids, detector)
     make_output_folder(pictures if not args.no_render else output, what=f"--output {output}")

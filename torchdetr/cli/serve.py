@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, MissingExtraError, UserError
-from ..inference.precision import FAITHFUL, PRECISION_HELP, PRECISIONS
+from ..errors import ConfigError, MissingExtraError
+from .model_choice import add_model_arguments, load_detector
+
+if TYPE_CHECKING:
+    from ..inference.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +41,12 @@ def add_parser(subparsers) -> None:
                     "OpenAPI docs at /docs, and a web page at / to drop an image, see its detections and click into the "
                     "transformer's attention. Binds 127.0.0.1 (this machine only) unless --host says otherwise.",
     )
-    p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
-    p.add_argument("--onnx", "--exported", dest="onnx", metavar="FILE",
-                   help="serve this exported model (from detr export: .onnx incl. INT8, or OpenVINO .xml) instead of "
-                        "--model (no attention maps)")
+    add_model_arguments(p, exported_help="serve this exported model (from detr export: .onnx incl. INT8, or OpenVINO "
+                                         ".xml) instead of --model (no attention maps)",
+                        precision_note="--model only; attention maps always come from the faithful model.")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only; "
                    "0.0.0.0 = every network interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 = any free port)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default=FAITHFUL, choices=PRECISIONS,
-                   help=f"--model only; attention maps always come from the faithful model. {PRECISION_HELP}")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"default score threshold of /v1/detect and the page's slider (default {DEFAULT_THRESHOLD})")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -79,22 +79,10 @@ def _settings(args: argparse.Namespace):
     )
 
 
-def _detector(args: argparse.Namespace):
-    from ..inference.detector import Detector
-
-    if bool(args.model) == bool(args.onnx):
-        raise UserError("give either --model NAME_OR_CHECKPOINT or --onnx FILE")
+def _detector(args: argparse.Namespace) -> Detector:
     if not 0 <= args.threshold < 1:
         raise ConfigError(f"--threshold must be in [0, 1), got {args.threshold}")
-    try:
-        if args.onnx:
-            if args.precision != FAITHFUL:
-                raise ConfigError(f"--precision {args.precision} applies to --model; an exported model runs as exported")
-            return Detector.from_exported(args.onnx, device=args.device, threshold=args.threshold, batch_size=1)
-        return Detector.from_pretrained(args.model, device=args.device, threshold=args.threshold, batch_size=1,
-                                        precision=args.precision)
-    except ConnectionError as err:
-        raise UserError(str(err)) from None
+    return load_detector(args, threshold=args.threshold, batch_size=1)
 
 
 def _check_address(host: str, port: int) -> None:

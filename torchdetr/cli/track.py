@@ -12,9 +12,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError, InputFileError, MissingFileError
-from ..inference.precision import FAITHFUL
 from ..inference.video import find_video_files
-from .predict import _load_detector
+from .model_choice import add_model_arguments, load_detector
 from .video_outputs import (
     add_tiling_arguments,
     add_video_arguments,
@@ -35,13 +34,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="VIDEOS",
                    help="video files, folders of videos, stream URLs (rtsp://, http://…) or camera indices (0, 1…)")
-    p.add_argument("--model", help="official model name (detr_resnet50, …) or checkpoint file")
-    p.add_argument("--onnx", metavar="FILE", help="run this ONNX model (from detr export) with onnxruntime instead of --model")
+    add_model_arguments(p)
     p.add_argument("--output", required=True, metavar="DIR", help="folder for NAME.mp4 and NAME.jsonl per video")
     p.add_argument("--threshold", type=float, default=0.7,
                    help="keep (and track) detections whose best class probability exceeds this (default 0.7)")
     p.add_argument("--batch_size", type=int, default=4, help="frames per forward pass (default 4)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--image_size", type=int, help="shortest side the model sees (default: the model's)")
     p.add_argument("--max_size", type=int, help="longest side the model sees (default: the model's)")
     p.add_argument("--lost_seconds", type=float, default=DEFAULT_LOST_SECONDS,
@@ -49,8 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace NAME.mp4 / NAME.jsonl of an earlier run")
     add_tiling_arguments(p)
     add_video_arguments(p)
-    # predict's model loader reads --task and --precision, which track does not offer: boxes, faithful path
-    p.set_defaults(func=run, task="detection", precision=FAITHFUL)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,5 +65,7 @@ def run(args: argparse.Namespace) -> int:
             raise MissingFileError(f"input not found: {item}")
         if not (path.is_dir() and find_video_files(path)):
             raise InputFileError(f"not a video, a folder of videos, a stream URL or a camera index: {item}")
-    totals = run_videos(args, lambda: _load_detector(args), sources, tracking=True)
+    totals = run_videos(args, lambda: load_detector(args, threshold=args.threshold, batch_size=args.batch_size,
+                                                    image_size=args.image_size, max_size=args.max_size),
+                        sources, tracking=True)
     return 0 if totals.frames else 1
