@@ -131,10 +131,9 @@ class MLflowTracker:
     name = "mlflow"
 
     def __init__(self, output_dir: Path, config: Mapping[str, Any], run_id: str | None = None) -> None:
-        try:
-            from mlflow import MlflowClient
-        except ImportError:
-            raise MissingExtraError("--logger mlflow needs the mlflow package: pip install 'torchdetr[mlflow]'") from None
+        require_trackers([self.name])
+        from mlflow import MlflowClient
+
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (output_dir / MLFLOW_DIR).absolute().as_uri()
         if uri.startswith("file:"):  # MLflow 3 refuses its file store unless asked (it is in maintenance mode)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -182,10 +181,9 @@ class WandbTracker:
     name = "wandb"
 
     def __init__(self, output_dir: Path, config: Mapping[str, Any], run_id: str | None = None) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise MissingExtraError("--logger wandb needs the wandb package: pip install 'torchdetr[wandb]'") from None
+        require_trackers([self.name])
+        import wandb
+
         self.wandb = wandb
         folder = output_dir / WANDB_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -245,7 +243,8 @@ class RunLoggers:
             self._each("log_artifacts", existing)
 
     def state(self) -> dict[str, Any]:
-        return {tracker.name: tracker.state() for tracker in self.trackers if tracker.state()}
+        states = {tracker.name: tracker.state() for tracker in self.trackers}
+        return {name: state for name, state in states.items() if state}
 
     def close(self) -> None:
         self._each("close")

@@ -57,8 +57,13 @@ class PerClassAP(TypedDict):
     num_gt: int  # non-crowd ground-truth instances in the evaluated images
 
 
-def _empty_results(coco_gt: Any, coco_cls: type) -> Any:
-    """A results object with no detections (``COCO.loadRes`` crashes on an empty list)."""
+def load_results(coco_gt: Any, dets: list[dict[str, Any]], coco_cls: type = COCO) -> Any:
+    """``coco_gt.loadRes(dets)``, also for no detections (``loadRes`` crashes on an empty list).
+
+    ``coco_cls``: the ground truth's class (pycocotools' ``COCO`` or faster_coco_eval's), for the empty results.
+    """
+    if dets:
+        return coco_gt.loadRes(dets)
     dt = coco_cls()
     dt.dataset = {
         "images": list(coco_gt.dataset["images"]),
@@ -100,7 +105,7 @@ def run_coco_eval(
                 "backend 'faster_coco_eval' needs the faster-coco-eval package: pip install 'torchdetr[eval]'"
             ) from None
         gt = faster_coco_eval.COCO(copy.deepcopy(coco_gt.dataset))
-        dt = gt.loadRes(dets) if dets else _empty_results(gt, faster_coco_eval.COCO)
+        dt = load_results(gt, dets, faster_coco_eval.COCO)
 
         def _print(*args: object) -> None:
             print(*args, file=buffer)
@@ -114,7 +119,7 @@ def run_coco_eval(
         coco_eval.stats = np.asarray(coco_eval.stats[:NUM_STATS])
     else:
         with quiet():
-            dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt, COCO)
+            dt = load_results(coco_gt, dets)
             coco_eval = COCOeval(coco_gt, dt, iouType=iou_type)
             coco_eval.params.imgIds = img_ids
             coco_eval.evaluate()

@@ -35,7 +35,7 @@ from torchvision.ops import box_iou
 
 from ..errors import ConfigError
 from .checks import quiet
-from .coco import _empty_results, eval_to_dict
+from .coco import eval_to_dict, load_results
 
 BACKGROUND = "background"
 DEFAULT_CONF = 0.5
@@ -294,7 +294,7 @@ def _evaluate_at(coco_gt: COCO, dets: list[dict[str, Any]], iou: float, image_id
     """``COCOeval.evaluate`` at one IoU threshold (area "all", up to ``max_dets`` detections per image)."""
     gt = copy.deepcopy(coco_gt)  # COCOeval writes into the ground truth's annotations
     with quiet():
-        dt = gt.loadRes(dets) if dets else _empty_results(gt, COCO)
+        dt = load_results(gt, dets)
         coco_eval = COCOeval(gt, dt, iouType="bbox")
         coco_eval.params.imgIds = image_ids
         coco_eval.params.iouThrs = np.array([iou])
