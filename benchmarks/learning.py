@@ -244,7 +244,10 @@ def main() -> None:
     parser.add_argument("--minutes", nargs="+", type=float, default=[5, 10, 20])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dataset", default="synthetic", choices=("synthetic", "bccd"))
-    parser.add_argument("--out", default=str(RESULTS / "learning.json"))
+    parser.add_argument("--out", default=str(RESULTS / "learning.json"),
+                        help="results file shared by runs (rows are added; the table beside it is rewritten)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace rows of --out already measured for these names and dataset")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
@@ -257,6 +260,10 @@ def main() -> None:
         name = extra.pop("name", "try")
         rows = {name: extra}
         args.rows = [name]
+    earlier = {r["row"] for r in (json.loads(out.read_text()) if out.exists() else []) if r["dataset"] == args.dataset}
+    measured = sorted(earlier & set(args.rows))
+    if measured and not args.overwrite:  # checked before measuring: a refused run costs nothing
+        raise SystemExit(f"--out {out} already has {', '.join(measured)} on {args.dataset}: pass --overwrite to replace")
     for name in args.rows:
         row = run_row(name, rows[name], args.minutes, args.threads, args.dataset)
         row["machine"] = machine
