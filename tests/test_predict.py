@@ -157,6 +157,38 @@ def test_threshold_keeps_queries_whose_best_real_class_probability_exceeds_it(ch
     ]
 
 
+def test_a_focal_models_detections_name_the_query_that_produced_them(tmp_path):
+    """Focal models give the Q best (query, class) pairs, so one query can give several detections: each
+    detection's ``query`` must be the object query itself (the decoder attention row that ``detr serve`` and
+    ``detr visualize`` show for it), not its rank among the pairs, which it had been."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "focal.pth", seed=3, cls_loss="focal")
+    saved = torch.load(checkpoint, weights_only=False)
+    head = saved["model"]
+    head["class_embed.weight"][2] = head["class_embed.weight"][1]  # classes 1 and 2 score alike on every query:
+    head["class_embed.bias"][:] = torch.tensor([-9.0, 3.0, 3.0, -9.0, -9.0, -9.0, 0.0])  # the best queries give both
+    torch.save(saved, checkpoint)
+    detector = Detector.from_pretrained(checkpoint, device="cpu", threshold=0.0)
+    image = random_image(100, 120, seed=5)
+    tensor, _ = make_transforms("val", 128)(image, None)
+    with torch.no_grad():
+        outputs = detector.model(tensor[None])
+    probs = outputs["pred_logits"][0, :, :-1].sigmoid()  # [Q, K]: focal scores, no "no object" class
+    cx, cy, w, h = outputs["pred_boxes"][0].unbind(-1)
+    kept = detector.predict(image)
+    num_queries = probs.shape[0]
+    assert len(kept) == num_queries  # the Q best pairs over Q x K
+    expected_pairs = set(probs.flatten().topk(num_queries).indices.tolist())
+    assert {d.query * probs.shape[1] + d.label for d in kept} == expected_pairs
+    assert len({d.query for d in kept}) < num_queries  # some query gives two classes: rank != query somewhere
+    for d in kept:
+        q = d.query
+        assert d.score == pytest.approx(float(probs[q, d.label]), abs=1e-6)
+        expected_box = ((cx[q] - w[q] / 2) * 120, (cy[q] - h[q] / 2) * 100, (cx[q] + w[q] / 2) * 120, (cy[q] + h[q] / 2) * 100)
+        assert d.box == pytest.approx([float(v) for v in expected_box], abs=1e-3)
+    maps = detector.attention(image, threshold=0.0)
+    assert [d.query for d in maps.detections] == [d.query for d in kept]
+
+
 def test_bad_inputs_give_clear_errors(detector, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere\.jpg"):
         detector.predict(tmp_path / "nowhere.jpg")

@@ -428,12 +428,13 @@ class Detector:
         for result in results:
             scores = result["scores"].float().cpu()
             labels, boxes = result["labels"].cpu().tolist(), result["boxes"].float().cpu().tolist()
+            queries = result["queries"].cpu().tolist()  # a row's object query (focal models: rows are (query, class))
             keep = torch.nonzero(scores > threshold).flatten()
             order = keep[scores[keep].argsort(descending=True, stable=True)].tolist()
             detections.append([
-                Detection(box=tuple(boxes[q]), score=float(scores[q]), label=labels[q],  # type: ignore[arg-type]
-                          name=self.category_names.get(labels[q], str(labels[q])), query=q)
-                for q in order
+                Detection(box=tuple(boxes[r]), score=float(scores[r]), label=labels[r],  # type: ignore[arg-type]
+                          name=self.category_names.get(labels[r], str(labels[r])), query=queries[r])
+                for r in order
             ])
         return detections
 

@@ -60,7 +60,8 @@ class PostProcess(nn.Module):
     """Boxes in pixels of the original image, with scores/labels from the softmax without no-object.
 
     With ``focal=True`` (models trained with ``--cls_loss focal``) scores are sigmoid probabilities
-    of the K real classes and the ``Q`` best (query, class) pairs are returned, as Deformable DETR does.
+    of the K real classes and the ``Q`` best (query, class) pairs are returned, as Deformable DETR does:
+    a query can then give several rows (one per class), and ``queries`` says which query each row is.
     """
 
     def __init__(self, focal: bool = False) -> None:
@@ -71,7 +72,9 @@ class PostProcess(nn.Module):
     def forward(self, outputs: Mapping[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
         """``pred_logits`` [B, Q, K+1], ``pred_boxes`` [B, Q, 4]; ``target_sizes`` [B, 2] as (H, W).
 
-        Returns per image ``scores`` [Q], ``labels`` [Q] and ``boxes`` [Q, 4] (x1, y1, x2, y2 pixels).
+        Returns per image ``scores`` [Q], ``labels`` [Q], ``boxes`` [Q, 4] (x1, y1, x2, y2 pixels) and
+        ``queries`` [Q] (the object query of each row: 0..Q-1 in order, or with ``focal`` the query of each
+        (query, class) pair; the row of the decoder attention maps). The first three are the original's.
         """
         out_logits, out_bbox = outputs["pred_logits"], outputs["pred_boxes"]
         if len(out_logits) != len(target_sizes) or target_sizes.shape[-1] != 2:
@@ -84,14 +87,17 @@ class PostProcess(nn.Module):
             num_queries, num_classes = prob.shape[1:]
             scores, index = prob.flatten(1).topk(num_queries, dim=1)
             labels = index % num_classes
-            boxes = torch.gather(boxes, 1, (index // num_classes).unsqueeze(-1).expand(-1, -1, 4))
+            queries = index // num_classes
+            boxes = torch.gather(boxes, 1, queries.unsqueeze(-1).expand(-1, -1, 4))
         else:
             prob = F.softmax(out_logits, -1)
             scores, labels = prob[..., :-1].max(-1)
+            queries = torch.arange(out_logits.shape[1], device=out_logits.device).expand(len(out_logits), -1)
         img_h, img_w = target_sizes.unbind(1)
         scale_fct = torch.stack([img_w, img_h, img_w, img_h], dim=1)
         boxes = boxes * scale_fct[:, None, :]
-        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, boxes)]
+        return [{"scores": s, "labels": lab, "boxes": b, "queries": q}
+                for s, lab, b, q in zip(scores, labels, boxes, queries)]
 
 
 class PostProcessSegm(nn.Module):
