@@ -145,7 +145,7 @@ def test_layouts(tmp_path):
     (panoptic / "annotations" / "panoptic_val2017.json").write_text("{}")
     files = resolve_panoptic_split(panoptic, "val", images_root=coco)
     assert (files.png_dir, files.images_dir) == (panoptic / "panoptic_val2017", coco / "val2017")
-    with pytest.raises(MissingFileError, match="no 'train' panoptic split"):
+    with pytest.raises(MissingFileError, match=r"no 'train' panoptic split .* holds: annotations/, panoptic_val2017/$"):
         resolve_panoptic_split(panoptic, "train", images_root=coco)
     with pytest.raises(MissingFileError, match="no image folder"):
         resolve_panoptic_split(panoptic, "val")

@@ -117,13 +117,17 @@ def resolve_split(root: str | Path, split: str) -> SplitFiles:
         images_dir = images_dir_for(ann_file)
         if ann_file.is_file() and images_dir is not None:
             return SplitFiles(split, ann_file, images_dir)
-    present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:MAX_LISTED_ENTRIES]
     raise MissingFileError(
         f"no '{split}' split found in {root}; looked for the COCO 2017 layout: {split}{COCO2017_SUFFIX}/ and "
         f"{ANNOTATIONS_DIR}/{ANN_PREFIX}{split}{COCO2017_SUFFIX}.json; the generic layout: {IMAGES_DIR}/ (or "
-        f"{IMAGES_DIR}/{split}/) and {ANNOTATIONS_DIR}/{ANN_PREFIX}{split}.json. The folder holds: "
-        f"{', '.join(present) or 'nothing'}"
+        f"{IMAGES_DIR}/{split}/) and {ANNOTATIONS_DIR}/{ANN_PREFIX}{split}.json. {_folder_holds(root)}"
     )
+
+
+def _folder_holds(root: Path) -> str:
+    """``The folder holds: a/, b.json, ...`` (its first :data:`MAX_LISTED_ENTRIES` entries, sorted; folders end in /)."""
+    present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:MAX_LISTED_ENTRIES]
+    return f"The folder holds: {', '.join(present) or 'nothing'}"
 
 
 def resolve_coco_layout(root: str | Path, image_set: str) -> tuple[Path, Path]:
@@ -221,12 +225,11 @@ def resolve_panoptic_split(root: str | Path, split: str, images_root: str | Path
             raise MissingFileError(f"{ann_file}: no image folder under {images_root}; looked for "
                                    f"{', '.join(str(d) + '/' for d in _image_dir_candidates(images_root, ann_file))}")
         return PanopticSplitFiles(split, ann_file, png_dir, images_dir)
-    present = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:MAX_LISTED_ENTRIES]
     raise MissingFileError(
         f"no '{split}' panoptic split found in {root}; looked for {ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}{split}"
         f"{COCO2017_SUFFIX}.json (COCO 2017 layout, PNGs in {PANOPTIC_ANN_PREFIX}{split}{COCO2017_SUFFIX}/) and "
-        f"{ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}{split}.json (generic layout, PNGs in {PANOPTIC_DIR}/). The folder "
-        f"holds: {', '.join(present) or 'nothing'}"
+        f"{ANNOTATIONS_DIR}/{PANOPTIC_ANN_PREFIX}{split}.json (generic layout, PNGs in {PANOPTIC_DIR}/). "
+        f"{_folder_holds(root)}"
     )
 
 
