@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from torchdetr.data.check import check_dataset
 from torchdetr.data.coco import coco_annotations_to_target, load_coco_api
+from torchdetr.data.panoptic import load_panoptic_json
 from torchdetr.data.stats import compute_stats
 from torchdetr.data.validate import HINTS, Problem, Validation, validate_coco
-from torchdetr.errors import DataError
+from torchdetr.errors import DataError, MissingFileError
 from torchdetr.evaluation.coco import CocoFormatError, validate_coco_gt
 
 
@@ -218,3 +219,16 @@ def test_valid_file_has_no_problems():
     assert not validation.errors and not validation.warnings
     assert validation.categories == {1: "cat", 2: "dog"} and set(validation.images) == {1, 2}
     assert validation.boxes_per_category == {1: 1, 2: 1}  # the crowd box is not counted
+
+
+@pytest.mark.parametrize("load", [load_coco_api, load_panoptic_json])
+def test_loaders_refuse_a_missing_or_unreadable_file_in_one_line(tmp_path, load):
+    """Both strict loaders read the file through validate.load_coco_json: missing → MissingFileError, a folder or
+    broken JSON → DataError, each naming the file."""
+    with pytest.raises(MissingFileError, match=r"annotation file not found: .*nowhere\.json$"):
+        load(tmp_path / "nowhere.json")
+    with pytest.raises(MissingFileError, match="not found"):
+        load(tmp_path)  # a folder is not the file
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"broken\.json.*not a valid JSON file"):
+        load(tmp_path / "broken.json")

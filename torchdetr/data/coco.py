@@ -40,7 +40,7 @@ from ..categories import (
 from ..errors import DataError, MissingFileError
 from .io import load_rgb_image
 from .layout import resolve_coco_layout
-from .validate import read_coco_json, validate_coco
+from .validate import load_coco_json, validate_coco
 
 __all__ = [
     "CocoDetection", "category_names", "coco_annotations_to_target", "coco_from_dict", "get_coco_api",
@@ -61,13 +61,8 @@ def load_coco_api(ann_file: str | Path, *, masks: bool = False) -> COCO:
         MissingFileError: the file does not exist.
         DataError: not JSON, or the first fatal problem of the file, naming the file, the entry and the value.
     """
-    path = Path(ann_file)
-    if not path.is_file():
-        raise MissingFileError(f"annotation file not found: {path}")
-    content, unreadable = read_coco_json(path)
-    if unreadable is not None:
-        raise DataError(unreadable.one_line())
-    validate_coco(content, str(path), masks=masks, read_images=True).raise_first()
+    content = load_coco_json(ann_file)
+    validate_coco(content, str(ann_file), masks=masks, read_images=True).raise_first()
     fill_missing_areas(content)
     return coco_from_dict(content)
 

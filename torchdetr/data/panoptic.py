@@ -39,7 +39,7 @@ from torchvision.ops import masks_to_boxes
 from ..errors import DataError, MissingFileError
 from .coco import coco_from_dict
 from .io import load_rgb_image, load_segment_ids
-from .validate import VOID_SEGMENT_ID, PanopticValidation, read_coco_json, validate_coco_panoptic
+from .validate import VOID_SEGMENT_ID, PanopticValidation, load_coco_json, validate_coco_panoptic
 
 __all__ = [
     "VOID_SEGMENT_ID", "CocoPanoptic", "PanopticCategory", "PanopticImage", "get_panoptic_dataset",
@@ -81,12 +81,7 @@ def load_panoptic_json(path: str | Path) -> tuple[dict[str, Any], PanopticValida
         DataError: not JSON, or the first fatal problem of the file (:func:`.validate.validate_coco_panoptic`),
             naming the file, the entry and the value.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"panoptic annotation file not found: {path}")
-    content, unreadable = read_coco_json(path)
-    if unreadable is not None:
-        raise DataError(unreadable.one_line())
+    content = load_coco_json(path, "panoptic annotation file")
     validation = validate_coco_panoptic(content, str(path))
     validation.raise_first()
     return content, validation

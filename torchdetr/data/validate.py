@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..categories import category_names_from_coco
-from ..errors import DataError
+from ..errors import DataError, MissingFileError
 
 IMBALANCE_RATIO = 20.0  # most / least frequent class above this: class_imbalance warning
 OUTSIDE_TOLERANCE = 1e-3  # px: boxes sticking out less than this are not reported
@@ -186,6 +186,23 @@ def read_coco_json(path: Path | str) -> tuple[Any, Problem | None]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
         reason = f"not a valid JSON file ({' '.join(str(err).split()) or type(err).__name__})"
     return None, Problem(UNREADABLE_JSON, reason, str(path), fatal=True)
+
+
+def load_coco_json(path: Path | str, what: str = "annotation file") -> Any:
+    """The content of the JSON file ``path`` for a loader that stops at the first problem (``what`` names the file
+    in the message); the content is not validated.
+
+    Raises:
+        MissingFileError: ``path`` is not a file.
+        DataError: ``path`` is not readable JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} not found: {path}")
+    content, unreadable = read_coco_json(path)
+    if unreadable is not None:
+        raise DataError(unreadable.one_line())
+    return content
 
 
 # ----------------------------------------------------------------------------------------------
