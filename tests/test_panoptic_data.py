@@ -258,6 +258,37 @@ def test_check_of_a_good_panoptic_folder_and_its_warnings(tmp_path, capsys):
     assert "missing_png" in capsys.readouterr().out
 
 
+def test_check_holds_one_id_map_per_thread_not_one_per_image(tmp_path, monkeypatch):
+    """The PNG check reduces each id map to its pixel counts as it goes: a COCO-sized split (118k maps of 2.4 MB)
+    must not be held in memory at once. Counts the id maps alive at any moment with weakref finalizers."""
+    import threading
+    import weakref
+
+    from torchdetr.data import check as check_module
+
+    num_images = 3 * check_module.HEADER_THREADS
+    write_panoptic_folder(tmp_path, num_images, 0, image_size=32)
+    alive, most, lock = [0], [0], threading.Lock()
+    real_loader = check_module.load_segment_ids
+
+    def forget() -> None:
+        with lock:
+            alive[0] -= 1
+
+    def counting_loader(*args, **kwargs):
+        id_map = real_loader(*args, **kwargs)
+        with lock:
+            alive[0] += 1
+            most[0] = max(most[0], alive[0])
+        weakref.finalize(id_map, forget)
+        return id_map
+
+    monkeypatch.setattr(check_module, "load_segment_ids", counting_loader)
+    report = check_panoptic_dataset(tmp_path / "annotations" / "panoptic_train.json")
+    assert report.ok and not report.warnings and report.info["annotations"] > num_images
+    assert 1 <= most[0] <= check_module.HEADER_THREADS
+
+
 def test_check_of_the_real_sample_has_no_errors():
     report = check_panoptic_dataset(require(SAMPLE_JSON))
     assert report.ok and report.info["pngs_checked"] and report.info["images_checked"]

@@ -286,17 +286,32 @@ def _panoptic_num_classes(categories: dict[int, str]) -> int | None:
                                                "images": []}))
 
 
+@dataclass(frozen=True)
+class _SegmentPixels:
+    """What the check needs of one segment PNG: its ``size`` (width, height) and ``{segment id: pixel count}``."""
+
+    size: tuple[int, int]
+    pixels: dict[int, int]
+
+
+def _count_segment_pixels(path: Path) -> _SegmentPixels | MissingFileError | DataError:
+    """The pixel count of every id in the segment PNG ``path``, or why it cannot be read. The id map [H, W] is
+    dropped here, in the worker thread, so that the check holds one map per thread, not one per image."""
+    try:
+        id_map = load_segment_ids(path)
+    except (MissingFileError, DataError) as err:
+        return err
+    values, counts = np.unique(id_map, return_counts=True)
+    return _SegmentPixels((id_map.shape[1], id_map.shape[0]), dict(zip(values.tolist(), counts.tolist())))
+
+
 def _check_pngs(report: CheckReport, validation: PanopticValidation, png_dir: Path) -> None:
     """Read every annotation's PNG: existence, size, ids against ``segments_info``, areas."""
-    def probe(image_id: int) -> tuple[int, np.ndarray | Exception]:
-        try:
-            return image_id, load_segment_ids(png_dir / validation.annotations[image_id]["file_name"])
-        except (MissingFileError, DataError) as err:
-            return image_id, err
-
     file = str(report.ann_file)
+    image_ids = sorted(validation.annotations)
+    paths = [png_dir / validation.annotations[image_id]["file_name"] for image_id in image_ids]
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        results = list(pool.map(probe, sorted(validation.annotations)))
+        results = list(zip(image_ids, pool.map(_count_segment_pixels, paths)))
     for image_id, outcome in results:
         ann, ids = validation.annotations[image_id], {"image_ids": (image_id,)}
         path = str(png_dir / ann["file_name"])
@@ -308,13 +323,11 @@ def _check_pngs(report: CheckReport, validation: PanopticValidation, png_dir: Pa
                                          path, **ids))
             continue
         info = validation.images.get(image_id)
-        height, width = outcome.shape
-        mismatch = None if info is None else segment_size_mismatch((width, height), (info["width"], info["height"]))
+        mismatch = None if info is None else segment_size_mismatch(outcome.size, (info["width"], info["height"]))
         if mismatch:
             report.errors.append(Problem(PNG_SIZE_MISMATCH, f"image {image_id}: {mismatch}", path, **ids))
             continue
-        values, counts = np.unique(outcome, return_counts=True)
-        pixels = dict(zip(values.tolist(), counts.tolist()))
+        pixels = outcome.pixels
         listed = {s["id"]: s for s in ann["segments_info"]}
         unlisted = sorted(set(pixels) - set(listed) - {VOID_SEGMENT_ID})
         if unlisted:
