@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.conftest import DATA, require
 from torchdetr.data.check import HINTS, check_coco_folder, check_dataset
+from torchdetr.data.coco import implied_num_classes, load_coco_api
 from torchdetr.data.io import ORIENTATION_TAG
 from torchdetr.errors import DataError, MissingFileError
 
@@ -195,6 +196,20 @@ def test_sparse_ids_say_which_num_classes_they_imply(tmp_path):
     report = check_dataset(ann_file, images)
     assert report.info["num_classes"] == 1001
     assert "num_classes = max id + 1 = 1001" in find(report.warnings, "sparse_category_ids").message
+
+
+def test_check_reports_the_num_classes_that_training_infers(tmp_path):
+    """A detection file with COCO panoptic categories (as panopticapi's panoptic2detection converter writes) trains a
+    250-class head (the original's main.py for coco_panoptic, through implied_num_classes); the check says the same."""
+    data = base_data()
+    data["categories"] = [{"id": 1, "name": "person"}, {"id": 92, "name": "banner"}]
+    for a in data["annotations"]:
+        a["category_id"] = 92 if a["category_id"] == 2 else 1
+    ann_file, images = write_dataset(tmp_path, data)
+    report = check_dataset(ann_file, images)
+    assert report.info["num_classes"] == implied_num_classes(load_coco_api(ann_file)) == 250
+    assert "num_classes = the original's for COCO panoptic categories = 250" in find(
+        report.warnings, "sparse_category_ids").message
 
 
 def test_coco_ids_from_zero_or_one_are_not_sparse(tmp_path):

@@ -3,6 +3,8 @@ panoptic categories (the 80 detection things plus 53 stuff classes, ids up to 20
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # Index = category id of COCO 2017 instances; "N/A" marks ids that the dataset does not use.
 # The official detection checkpoints have 92 class rows: these 91 ids plus "no object".
 COCO_CATEGORY_NAMES: tuple[str, ...] = (
@@ -38,6 +40,19 @@ COCO_PANOPTIC_CATEGORIES: dict[int, str] = {**COCO_CATEGORIES, **COCO_PANOPTIC_S
 COCO_PANOPTIC_THING_IDS: frozenset[int] = frozenset(COCO_CATEGORIES)
 # The class head of the original's panoptic models (``main.py``: 250 for coco_panoptic; only ids <= 200 are used).
 COCO_PANOPTIC_NUM_CLASSES = 250
+
+
+def num_classes_for_category_ids(ids: Iterable[int]) -> int | None:
+    """Class-head size K that covers the category ``ids`` (not remapped): the largest id + 1, but at least the
+    original's :data:`COCO_PANOPTIC_NUM_CLASSES` when the ids are COCO panoptic's with stuff among them
+    (``main.py`` for ``coco_panoptic``; the official panoptic checkpoints have 250 + 1 class rows). None without ids.
+    """
+    ids = {int(i) for i in ids}
+    if not ids:
+        return None
+    if ids <= COCO_PANOPTIC_CATEGORIES.keys() and max(ids) > max(COCO_PANOPTIC_THING_IDS):
+        return max(COCO_PANOPTIC_NUM_CLASSES, max(ids) + 1)
+    return max(ids) + 1
 
 
 def category_names_from_coco(categories: list[dict]) -> dict[int, str]:

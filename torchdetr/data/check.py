@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..categories import num_classes_for_category_ids
 from ..errors import DataError, MissingFileError
 from .io import (
     ImageHeader,
@@ -272,18 +273,9 @@ def _check_panoptic(report: CheckReport, content: dict, png_dir: Path | None,
         "images_without_annotations": sum(1 for iid in validation.images if iid not in with_segments),
         "crowd_annotations": sum(s["iscrowd"] for a in validation.annotations.values() for s in a["segments_info"]),
         "things": sum(validation.isthing.values()), "stuff": len(validation.isthing) - sum(validation.isthing.values()),
-        "num_classes": _panoptic_num_classes(validation.categories),
+        "num_classes": num_classes_for_category_ids(validation.categories),
     })
     return report, validation.images
-
-
-def _panoptic_num_classes(categories: dict[int, str]) -> int | None:
-    from .coco import coco_from_dict, implied_num_classes
-
-    if not categories:
-        return None
-    return implied_num_classes(coco_from_dict({"categories": [{"id": c} for c in categories], "annotations": [],
-                                               "images": []}))
 
 
 @dataclass(frozen=True)
@@ -371,7 +363,7 @@ def _info(content: dict, categories: dict[int, str], images: dict[int, dict], pe
         "images_without_annotations": sum(1 for iid in images if iid not in with_boxes),
         "crowd_annotations": sum(1 for a in annotations if a.get("iscrowd") in (1, True)),
         "boxes_per_category": {categories[c]: per_category.get(c, 0) for c in sorted(categories)},
-        "num_classes": max(categories) + 1 if categories else None,
+        "num_classes": num_classes_for_category_ids(categories),
     }
 
 

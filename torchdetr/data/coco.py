@@ -31,12 +31,7 @@ from torchvision.datasets import CocoDetection as _TorchvisionCocoDetection
 from torchvision.datasets import VisionDataset
 from torchvision.ops import box_convert, clip_boxes_to_image
 
-from ..categories import (
-    COCO_PANOPTIC_CATEGORIES,
-    COCO_PANOPTIC_NUM_CLASSES,
-    COCO_PANOPTIC_THING_IDS,
-    category_names_from_coco,
-)
+from ..categories import category_names_from_coco, num_classes_for_category_ids
 from ..errors import DataError, MissingFileError
 from .io import load_rgb_image
 from .layout import resolve_coco_layout
@@ -242,16 +237,12 @@ def category_names(dataset: Dataset | COCO) -> dict[int, str]:
 
 
 def implied_num_classes(coco: COCO | Dataset) -> int:
-    """Class-head size K that covers the data: the largest category id + 1 (ids are not remapped).
-
-    COCO panoptic's categories (ids up to 200, stuff included) get the original's 250 (``main.py`` for
-    ``coco_panoptic``; the official panoptic checkpoints have 250 + 1 class rows).
-    """
+    """Class-head size K that covers the data's category ids (:func:`~torchdetr.categories.num_classes_for_category_ids`:
+    the largest id + 1, the original's 250 for COCO panoptic's categories; ids are not remapped)."""
     coco = get_coco_api(coco)
     ids = {int(c["id"]) for c in coco.dataset.get("categories", [])}
     ids |= {int(a["category_id"]) for a in coco.dataset.get("annotations", [])}
-    if not ids:
+    num_classes = num_classes_for_category_ids(ids)
+    if num_classes is None:
         raise DataError("the annotations define no categories: cannot infer the number of classes")
-    if ids <= set(COCO_PANOPTIC_CATEGORIES) and max(ids) > max(COCO_PANOPTIC_THING_IDS):
-        return max(COCO_PANOPTIC_NUM_CLASSES, max(ids) + 1)
-    return max(ids) + 1
+    return num_classes

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..categories import category_names_from_coco
+from ..categories import category_names_from_coco, num_classes_for_category_ids
 from ..errors import DataError, MissingFileError
 
 IMBALANCE_RATIO = 20.0  # most / least frequent class above this: class_imbalance warning
@@ -367,9 +367,11 @@ class _Validator:
         ids = sorted(names)
         consecutive = bool(ids) and ids[0] in (0, 1) and ids == list(range(ids[0], ids[0] + len(ids)))
         if ids and not consecutive:
+            num_classes = num_classes_for_category_ids(ids)
+            rule = "max id + 1" if num_classes == ids[-1] + 1 else "the original's for COCO panoptic categories"
             self.warn(SPARSE_CATEGORY_IDS,
                       f"category ids are not consecutive from 0 or 1 ({_id_ranges(ids)}): DETR's class head needs "
-                      f"num_classes = max id + 1 = {ids[-1] + 1} outputs for {len(ids)} classes",
+                      f"num_classes = {rule} = {num_classes} outputs for {len(ids)} classes",
                       category_ids=tuple(ids))
 
     # --- images -----------------------------------------------------------------------------------
