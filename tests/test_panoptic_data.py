@@ -289,6 +289,16 @@ def test_check_holds_one_id_map_per_thread_not_one_per_image(tmp_path, monkeypat
     assert 1 <= most[0] <= check_module.HEADER_THREADS
 
 
+def test_check_json_report_is_refused_inside_the_png_folder(tmp_path, capsys):
+    """--json never writes into an input: the segment PNG folder is one, as the image folder is."""
+    ann = write_minimal(tmp_path, GOOD_MAP)
+    for target in (tmp_path / "panoptic" / "report.json", tmp_path / "images" / "report.json"):
+        assert cli_main(["data", "check", str(ann), "--json", str(target)]) == 2
+        assert "is inside the input folder" in capsys.readouterr().err and not target.exists()
+    assert cli_main(["data", "check", str(tmp_path), "--json", str(tmp_path / "panoptic" / "report.json")]) == 2
+    assert cli_main(["data", "check", str(ann), "--json", str(tmp_path / "report.json")]) == 0
+
+
 def test_check_of_the_real_sample_has_no_errors():
     report = check_panoptic_dataset(require(SAMPLE_JSON))
     assert report.ok and report.info["pngs_checked"] and report.info["images_checked"]

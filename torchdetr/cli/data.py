@@ -135,7 +135,8 @@ def run_check(args: argparse.Namespace) -> int:
             raise ConfigError("--images / --png_dir apply to a single annotation file, not to a dataset folder")
         reports = check_coco_folder(path, check_images=images_mode)
     if args.json:
-        refuse_inputs(args.json, [p for r in reports.values() for p in (r.ann_file, r.images_dir)], what=f"--json {args.json}")
+        inputs = [p for r in reports.values() for p in (r.ann_file, r.images_dir, r.info.get("png_dir"))]
+        refuse_inputs(args.json, inputs, what=f"--json {args.json}")
     for report in reports.values():
         print(report.format(max_per_kind=args.max_per_kind))
     if args.json:
