@@ -27,6 +27,26 @@ def test_losses_to_host_gives_every_entry_exactly():
     assert values == {k: float(v) for k, v in loss_dict.items()}
 
 
+class NoFloat64(torch.overrides.TorchFunctionMode):
+    """A device without float64 (MPS): any operation that makes a float64 tensor fails, as it does there."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor) and result.dtype == torch.float64:
+            raise TypeError(f"{func.__name__}: float64 is not supported on this device")
+        return result
+
+
+def test_losses_to_host_needs_no_float64_on_the_device():
+    """MPS has no float64: the host copy must not convert the losses to it (bfloat16 entries under AMP too)."""
+    loss_dict = {"loss_ce": torch.tensor(0.1234567), "loss_bbox": torch.tensor(0.3, dtype=torch.bfloat16)}
+    total = loss_dict["loss_ce"] + loss_dict["loss_bbox"].float()
+    with NoFloat64():
+        host_total, values = loop.losses_to_host(total, loss_dict)
+    assert host_total == float(total)
+    assert values == {k: float(v) for k, v in loss_dict.items()}
+
+
 def test_a_training_step_reads_the_losses_from_the_device_once(monkeypatch):
     """The loss total (finiteness check) and the logged entries come from one copy, before the backward; a
     second read after the optimizer step would make the host wait for the backward before queueing the next batch."""

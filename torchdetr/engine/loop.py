@@ -29,9 +29,10 @@ class TrainingDiverged(RuntimeError):
 
 def losses_to_host(total: Tensor, loss_dict: Mapping[str, Tensor]) -> tuple[float, dict[str, float]]:
     """``(total, {name: value})`` as Python numbers from ONE device → host copy (a training step waits for
-    the device once, before its backward; float64 keeps every float32 value exactly). ``total`` and the
-    entries of ``loss_dict`` are scalar tensors."""
-    numbers = torch.stack([t.detach().to(torch.float64).reshape(()) for t in (total, *loss_dict.values())]).tolist()
+    the device once, before its backward). ``total`` and the entries of ``loss_dict`` are scalar tensors; they
+    are stacked in their common dtype (float32, or wider when one is wider: every value stays exact), never
+    converted to float64 on the device, which MPS does not have."""
+    numbers = torch.stack([t.detach().reshape(()) for t in (total, *loss_dict.values())]).tolist()
     return numbers[0], dict(zip(loss_dict, numbers[1:]))
 
 
