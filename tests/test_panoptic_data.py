@@ -7,6 +7,8 @@ conversion of those segments to COCO detection format (``panoptic_coco_detection
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -315,3 +317,25 @@ def test_training_start_refuses_a_broken_panoptic_dataset(tmp_path):
     check_data(cfg, ("train",))
     with pytest.raises(DataCheckFailed, match=r"segment_not_in_json|empty_segment"):
         check_data(cfg, ("val",))
+
+
+def test_training_start_names_a_check_command_that_lists_the_errors(tmp_path, capsys):
+    """The original's layout: images under --coco_path, panoptic files under --coco_panoptic_path. The command the
+    refusal names must report the broken split (a check of --coco_path would not even find it)."""
+    from torchdetr.engine.datasets import DataCheckFailed, check_data
+
+    panoptic_root, coco_root = tmp_path / "coco_panoptic", tmp_path / "coco"
+    write_panoptic_folder(panoptic_root, 2, 1, image_size=32)
+    coco_root.mkdir()
+    (panoptic_root / "images").rename(coco_root / "images")
+    victim = sorted((panoptic_root / "panoptic").glob("val_*.png"))[0]
+    shutil.copy(sorted((panoptic_root / "panoptic").glob("train_*.png"))[0], victim)  # ids of another image
+    cfg = DETRConfig(dataset_file="coco_panoptic", coco_path=str(coco_root), coco_panoptic_path=str(panoptic_root))
+    with pytest.raises(DataCheckFailed) as refused:
+        check_data(cfg, ("val",))
+    command = shlex.split(str(refused.value).split("`")[1])
+    assert command[:3] == ["detr", "data", "check"]
+    capsys.readouterr()
+    assert cli_main(command[1:]) == 1
+    kind = re.search(r"\((\w+)(?: and \d+ more error\(s\))? in the val data", str(refused.value)).group(1)
+    assert kind in capsys.readouterr().out

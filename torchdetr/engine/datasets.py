@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pycocotools.coco import COCO
@@ -87,6 +89,7 @@ def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> N
         if not read_images:
             log.info("data check of %s: more than %d images, image files not opened (run `detr data check`)",
                      ann_file, MAX_IMAGES_TO_CHECK)
+        command = data_check_command(ann_file, images_dir, png_dir)
         if png_dir is not None:
             report = check_panoptic_dataset(ann_file, png_dir, images_dir, check_images=read_images)
         else:
@@ -95,10 +98,17 @@ def check_data(cfg: DETRConfig, splits: tuple[str, ...] = ("train", "val")) -> N
             first, more = report.errors[0], len(report.errors) - 1
             others = f" and {more} more error(s)" if more else ""
             raise DataCheckFailed(f"{first.one_line()} ({first.kind}{others} in the {split} data {ann_file}: "
-                                  f"`detr data check {cfg.coco_path}` lists them; fix them or pass --skip_data_check)")
+                                  f"`{command}` lists them; fix them or pass --skip_data_check)")
         if report.warnings:
-            log.warning("%s: %d warning(s) from the data check (run `detr data check %s` for details)",
-                        ann_file, len(report.warnings), ann_file)
+            log.warning("%s: %d warning(s) from the data check (run `%s` for details)", ann_file, len(report.warnings),
+                        command)
+
+
+def data_check_command(ann_file: Path, images_dir: Path, png_dir: Path | None = None) -> str:
+    """The ``detr data check`` command line that reports on exactly these files (a dataset folder would not do:
+    the panoptic files of ``--coco_panoptic_path`` are not under ``--coco_path``)."""
+    words = ["detr", "data", "check", str(ann_file), "--images", str(images_dir)]
+    return shlex.join(words + (["--png_dir", str(png_dir)] if png_dir is not None else []))
 
 
 def resolve_num_classes(cfg: DETRConfig, coco_gt: COCO) -> DETRConfig:
