@@ -123,3 +123,26 @@ def test_fast_train_option_builds_the_fast_step_on_the_saved_model():
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert first_conv.__dict__[CHANNELS_LAST]
     assert not faithful.model.backbone[0].body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("cls_loss", ["ce", "focal"])
+@pytest.mark.parametrize("counts", [(0, 4), (0, 0)])
+def test_fast_criterion_with_images_without_targets(cls_loss, counts):
+    """Images without any box (no matched pair at all in the second case) give the faithful criterion's losses."""
+    cfg = tiny_config(num_classes=5, cls_loss=cls_loss)
+    _, criterion, _ = build_model(cfg)
+    criterion.train()
+    generator = torch.Generator().manual_seed(5)
+    batch, queries = len(counts), cfg.num_queries
+
+    def layer():
+        return {"pred_logits": torch.randn(batch, queries, cfg.num_classes + 1, generator=generator),
+                "pred_boxes": torch.rand(batch, queries, 4, generator=generator) * 0.5 + 0.25}
+
+    outputs = layer() | {"aux_outputs": [layer() for _ in range(cfg.dec_layers - 1)]}
+    _, targets = _batch(3, counts)
+    faithful = criterion(outputs, targets)
+    fast = FastSetCriterion.from_criterion(criterion)(outputs, targets)
+    assert list(fast) == list(faithful)
+    for key, value in faithful.items():
+        assert torch.allclose(fast[key], value, rtol=0, atol=LOSS_TOLERANCE), key

@@ -189,7 +189,7 @@ class FastSetCriterion(SetCriterion):
         num_boxes = world_average_num_boxes(targets, final["pred_logits"].device, synchronize=self.training)
         suffixes = [f"_{i}" for i in range(len(layers) - 1)] + [""]
 
-        matched = self._matched(indices, final["pred_logits"].device)
+        matched = self._matched(indices, targets, final["pred_logits"].device)
         per_layer: dict[str, Tensor] = {}  # name → [L] values
         if "labels" in self.losses:
             per_layer.update(self._labels(layers, targets, matched, num_boxes))
@@ -212,25 +212,25 @@ class FastSetCriterion(SetCriterion):
 
     # -- all layers at once -----------------------------------------------------------------------
     @staticmethod
-    def _matched(indices: list[Indices], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(layer, image, query, target) index of every matched pair of every layer, each [N], on ``device``."""
-        layer_ids, images, queries, target_ids = [], [], [], []
-        for layer, layer_indices in enumerate(indices):
-            for image, (src, tgt) in enumerate(layer_indices):
-                layer_ids.append(torch.full_like(src, layer))
-                images.append(torch.full_like(src, image))
-                queries.append(src)
-                target_ids.append(tgt)
-        return tuple(torch.cat(ids).to(device) for ids in (layer_ids, images, queries, target_ids))  # type: ignore[return-value]
+    def _matched(indices: list[Indices], targets: Targets, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(layer, image, query, target row) of every matched pair of every layer, each [N], on ``device`` in one
+        host → device copy; the target row indexes the batch's targets concatenated (``torch.cat`` of ``labels``)."""
+        batch = len(targets)
+        pairs = [pair for layer_indices in indices for pair in layer_indices]  # [L·B] (queries, targets) on the CPU
+        rows = torch.repeat_interleave(torch.arange(len(pairs)), torch.as_tensor([len(src) for src, _ in pairs]))  # [N]
+        images = rows % batch
+        first_row = torch.as_tensor([0, *(len(t["labels"]) for t in targets)]).cumsum(0)[:-1]  # [B]
+        target_rows = first_row[images] + torch.cat([tgt for _, tgt in pairs])
+        queries = torch.cat([src for src, _ in pairs])
+        return tuple(torch.stack([rows // batch, images, queries, target_rows]).to(device).unbind())  # type: ignore[return-value]
 
     def _labels(self, layers: list[dict[str, Tensor]], targets: Targets, matched: tuple[Tensor, ...],
                 num_boxes: float) -> dict[str, Tensor]:
         logits = torch.stack([layer["pred_logits"] for layer in layers])  # [L, B, Q, K+1]
         num_layers = logits.shape[0]
         device = logits.device
-        layer_ids, images, queries, target_ids = matched
-        offsets = torch.as_tensor([0] + [len(t["labels"]) for t in targets], device=device).cumsum(0)[:-1]
-        labels = torch.cat([t["labels"] for t in targets])[offsets[images] + target_ids]  # [N]
+        layer_ids, images, queries, target_rows = matched
+        labels = torch.cat([t["labels"] for t in targets])[target_rows]  # [N]
         target_classes = torch.full(logits.shape[:3], self.num_classes, dtype=torch.int64, device=device)
         target_classes[layer_ids, images, queries] = labels
         if self.cls_loss == "focal":
@@ -252,10 +252,8 @@ class FastSetCriterion(SetCriterion):
                num_boxes: float) -> dict[str, Tensor]:
         boxes = torch.stack([layer["pred_boxes"] for layer in layers])  # [L, B, Q, 4]
         num_layers = boxes.shape[0]
-        device = boxes.device
-        layer_ids, images, queries, target_ids = matched
-        offsets = torch.as_tensor([0] + [len(t["boxes"]) for t in targets], device=device).cumsum(0)[:-1]
-        target_boxes = torch.cat([t["boxes"] for t in targets])[offsets[images] + target_ids]  # [N, 4]
+        layer_ids, images, queries, target_rows = matched
+        target_boxes = torch.cat([t["boxes"] for t in targets])[target_rows]  # [N, 4]
         src_boxes = boxes[layer_ids, images, queries]  # [N, 4]
         l1 = F.l1_loss(src_boxes, target_boxes, reduction="none").sum(1)  # [N]
         # 1 − GIoU of each matched pair (torchvision's paired loss, eps 0: the diagonal of generalized_box_iou)
