@@ -19,11 +19,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tests.conftest import DATA, require
+from tests.tiny import tiny_config
 from torchdetr.cli import main as cli_main
 from torchdetr.config import DETRConfig
 from torchdetr.data.build import build_dataset
 from torchdetr.data.check import check_coco_folder, check_dataset, check_panoptic_dataset
-from torchdetr.data.coco import implied_num_classes
+from torchdetr.data.coco import get_coco_api, implied_num_classes
 from torchdetr.data.layout import resolve_panoptic_split
 from torchdetr.data.panoptic import CocoPanoptic, load_panoptic_json, segment_bbox
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder
@@ -130,6 +131,20 @@ def test_num_classes_of_coco_panoptic_is_the_originals_250(tmp_path):
     write_panoptic_folder(tmp_path, 2, 1, image_size=32)
     dataset = CocoPanoptic(tmp_path / "images", tmp_path / "panoptic", tmp_path / "annotations" / "panoptic_val.json")
     assert implied_num_classes(dataset) == 9  # max id + 1, as detection
+
+
+def test_training_refuses_only_a_class_head_too_small_for_the_largest_category_id():
+    """The inferred head is the original's 250 for COCO panoptic, but any head above the largest id (200 in
+    the sample: stuff ids run to 200) fits the data; the message names that id, not 249."""
+    from torchdetr.engine.datasets import resolve_num_classes
+    from torchdetr.errors import ConfigError
+
+    coco = get_coco_api(sample_dataset())
+    largest = max(c["id"] for c in json.loads(SAMPLE_JSON.read_text())["categories"])
+    assert resolve_num_classes(tiny_config(num_classes=None), coco).num_classes == 250
+    assert resolve_num_classes(tiny_config(num_classes=largest + 1), coco).num_classes == largest + 1
+    with pytest.raises(ConfigError, match=rf"has category id {largest}, so num_classes must be at least {largest + 1} "):
+        resolve_num_classes(tiny_config(num_classes=largest), coco)
 
 
 # ----------------------------------------------------------------------------------------------

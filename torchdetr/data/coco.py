@@ -38,7 +38,7 @@ from .layout import resolve_coco_layout
 from .validate import load_coco_json, validate_coco
 
 __all__ = [
-    "CocoDetection", "category_names", "coco_annotations_to_target", "coco_from_dict", "get_coco_api",
+    "CocoDetection", "category_ids", "category_names", "coco_annotations_to_target", "coco_from_dict", "get_coco_api",
     "implied_num_classes", "load_coco_api", "resolve_coco_layout", "segmentation_to_mask",
 ]
 
@@ -236,13 +236,17 @@ def category_names(dataset: Dataset | COCO) -> dict[int, str]:
     return category_names_from_coco(get_coco_api(dataset).dataset.get("categories", []))
 
 
+def category_ids(coco: COCO | Dataset) -> set[int]:
+    """Every category id of the data: those its ``categories`` define and those its annotations use."""
+    coco = get_coco_api(coco)
+    ids = {int(c["id"]) for c in coco.dataset.get("categories", [])}
+    return ids | {int(a["category_id"]) for a in coco.dataset.get("annotations", [])}
+
+
 def implied_num_classes(coco: COCO | Dataset) -> int:
     """Class-head size K that covers the data's category ids (:func:`~torchdetr.categories.num_classes_for_category_ids`:
     the largest id + 1, the original's 250 for COCO panoptic's categories; ids are not remapped)."""
-    coco = get_coco_api(coco)
-    ids = {int(c["id"]) for c in coco.dataset.get("categories", [])}
-    ids |= {int(a["category_id"]) for a in coco.dataset.get("annotations", [])}
-    num_classes = num_classes_for_category_ids(ids)
+    num_classes = num_classes_for_category_ids(category_ids(coco))
     if num_classes is None:
         raise DataError("the annotations define no categories: cannot infer the number of classes")
     return num_classes

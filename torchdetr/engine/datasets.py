@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..config import DETRConfig
 from ..data.build import build_dataset, get_coco_api
-from ..data.coco import category_names, implied_num_classes
+from ..data.coco import category_ids, category_names, implied_num_classes
 from ..data.panoptic import get_panoptic_dataset
 from ..errors import ConfigError, DataError
 
@@ -112,12 +112,15 @@ def data_check_command(ann_file: Path, images_dir: Path, png_dir: Path | None = 
 
 
 def resolve_num_classes(cfg: DETRConfig, coco_gt: COCO) -> DETRConfig:
-    """Fill ``num_classes`` from the data when ``None`` (max category id + 1); refuse a class head too small for the ids."""
+    """Fill ``num_classes`` from the data when ``None`` (:func:`~torchdetr.data.coco.implied_num_classes`: the largest
+    category id + 1, the original's 250 for COCO panoptic); refuse a class head too small for the ids."""
     implied = implied_num_classes(coco_gt)
+    largest = max(category_ids(coco_gt))
     if cfg.num_classes is None:
-        log.info("num_classes = %d (max category id %d + 1, from the annotations)", implied, implied - 1)
+        rule = "largest category id %d + 1" if implied == largest + 1 else "the original's for COCO panoptic; largest id %d"
+        log.info(f"num_classes = %d ({rule}, from the annotations)", implied, largest)
         return cfg.replace(num_classes=implied)
-    if cfg.num_classes < implied:
-        raise ConfigError(f"--num_classes {cfg.num_classes} is too small: the dataset has category id {implied - 1}, "
-                          f"so num_classes must be at least {implied} (max id + 1); omit --num_classes to infer it")
+    if cfg.num_classes <= largest:
+        raise ConfigError(f"--num_classes {cfg.num_classes} is too small: the dataset has category id {largest}, "
+                          f"so num_classes must be at least {largest + 1} (largest id + 1); omit --num_classes to infer it")
     return cfg

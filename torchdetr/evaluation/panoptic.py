@@ -17,9 +17,10 @@ confusion matrix panopticapi builds with ``np.unique``); matching and counting t
 Segment areas are the pixel counts of the PNGs. Differences from panopticapi, all on inputs it does not
 check: its ground-truth areas are the JSON's ``area`` (equal to the pixel counts on consistent data, which
 ``detr data check`` verifies), it keeps only the last crowd region of a category per image (COCO has at
-most one), and it crashes where this module raises a one-line :class:`~torchdetr.errors.DataError` (ids in
-a PNG and not in its JSON or the reverse, unknown categories, sizes that differ, images without prediction)
-or returns NaN (no category in a group).
+most one), it skips ground-truth PNG ids that its JSON does not list, and it crashes (or, for those ids,
+stays silent) where this module raises a one-line :class:`~torchdetr.errors.DataError` (ids in a PNG and not in
+its JSON or the reverse, unknown categories, sizes that differ, images without prediction) or returns NaN (no
+category in a group).
 
 :class:`PQStat` accumulates; :func:`pq_image` scores one image; :class:`PanopticEvaluator` collects a
 model's post-processed outputs during evaluation; :func:`evaluate_panoptic_files` scores prediction files
