@@ -18,7 +18,7 @@ hits all of them alike: torchdetr's faithful path, ``torchdetr.optimize(model, "
 bfloat16 autocast. Reported: p50 latency, its ratio to torchdetr faithful and to transformers fp32,
 achieved GFLOP/s against this machine's measured matmul peak, and the largest logit and box
 differences from the faithful path. Writes ``benchmarks/results/hf_comparison.md`` (``--output``;
-an existing file is kept unless ``--overwrite``).
+an existing file is kept unless ``--overwrite``; ``benchmarks/results_file.py``).
 
     pip install -e '.[bench]'
     python benchmarks/hf_detr.py [--model detr_resnet50] [--size 800x1066] [--threads 2] [--runs 5] [--warmup 1]
@@ -46,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import machine_description  # noqa: E402
+from results_file import add_output_arguments, output_path, write_results  # noqa: E402
 
-from torchdetr.atomic_write import replace_atomic  # noqa: E402
 from torchdetr.config import DETRConfig, ModelConfig  # noqa: E402
-from torchdetr.errors import ConfigError, MissingExtraError, OutputError, UserError  # noqa: E402
+from torchdetr.errors import ConfigError, MissingExtraError, UserError  # noqa: E402
 from torchdetr.inference.benchmark import cpu_flags, gemm_peak, model_flops, parse_size, time_runner  # noqa: E402
 from torchdetr.structures import NestedTensor, nested_tensor_from_tensor_list  # noqa: E402
 
@@ -357,17 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per way (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per way first (default 1)")
-    parser.add_argument("--output", default=str(RESULTS), help=f"Markdown file (default {RESULTS.relative_to(ROOT)})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    add_output_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     command = shlex.join(["python", "benchmarks/hf_detr.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         args.size = parse_size(args.size)
         if args.runs < 1 or args.warmup < 0 or args.threads < 1:
             raise ConfigError("--runs and --threads must be positive, --warmup at least 0")
-        output = Path(args.output)
-        if output.exists() and not args.overwrite:
-            raise OutputError(f"--output {output} exists (--overwrite replaces it)")
+        output = output_path(args.output, args.overwrite)
         transformers = import_transformers()
         run(args, command, output, transformers.__version__)
     except UserError as err:
@@ -376,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, command: str, output: Path, transformers_version: str) -> None:
+def run(args: argparse.Namespace, command: str, output: Path | None, transformers_version: str) -> None:
     from torchdetr.inference.optimize import optimize
 
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -410,9 +407,7 @@ def run(args: argparse.Namespace, command: str, output: Path, transformers_versi
             way.max_logit_diff, way.max_box_diff = max_differences(way.runner(samples), reference)
     text = markdown(args, command, description, ways, check, peaks, gflop, load, transformers_version,
                     hf_model.config._attn_implementation)
-    print(text)
-    replace_atomic(output, lambda tmp: Path(tmp).write_text(text), what="comparison")
-    print(f"wrote {output}")
+    write_results(output, text)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Where a benchmark writes its table: ``--output``, kept unless ``--overwrite`` (an earlier result is never replaced
-silently). Checked before measuring, so a refused run costs nothing."""
+silently). Checked before measuring, so a refused run costs nothing; the table is written atomically (a failed
+write leaves the earlier file whole)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from torchdetr.atomic_write import write_atomic
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default: Path) -> None:
@@ -25,9 +28,8 @@ def output_path(output: str, overwrite: bool) -> Path | None:
 
 
 def write_results(path: Path | None, text: str) -> None:
-    """Print the table, then write it to ``path`` (when given)."""
+    """Print the table, then write it to ``path`` (when given), whole or not at all."""
     print(text)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_atomic(path, lambda f: f.write(text.encode()), what="results table")
         print(f"wrote {path}")

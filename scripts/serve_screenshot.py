@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from torchdetr.atomic_write import replace_atomic
 from torchdetr.serve.background import ServerStartError, free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def main() -> None:
     point = tuple(float(v) for v in args.point.split(",")) if args.point else None
     viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
     port = free_port()
-    with tempfile.NamedTemporaryFile("w", prefix="serve_screenshot_", suffix=".log", delete=False) as log:
+    with tempfile.NamedTemporaryFile("w", prefix="serve_screenshot_", suffix=".log") as log:  # removed afterwards
         try:
             with running_server(serve_command(args.model, port, args.threshold), port, log=log, cwd=ROOT,
                                 env=os.environ | {"PYTHONPATH": str(ROOT)}):
@@ -115,7 +116,8 @@ def main() -> None:
         except ServerStartError as err:
             raise SystemExit(f"detr serve: {err}") from None
     picture = Image.open(io.BytesIO(png)).convert("RGB")
-    picture.quantize(PNG_COLOURS, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
+    palette = picture.quantize(PNG_COLOURS, method=Image.Quantize.MEDIANCUT)
+    replace_atomic(args.out, lambda tmp: palette.save(tmp, format="PNG", optimize=True), what="screenshot")
     print(f"{args.out}: {picture.width} x {picture.height}, {args.out.stat().st_size / 1024:.0f} KB")
 
 

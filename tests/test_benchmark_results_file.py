@@ -34,3 +34,14 @@ def test_an_existing_result_is_kept_unless_overwrite(tmp_path, capsys):
     assert table.read_text() == "| second |\n"
     args = _parse(table, "--output", "")
     assert results_file.output_path(args.output, args.overwrite) is None  # '' = print only
+
+
+def test_a_failed_write_keeps_the_earlier_table(tmp_path, monkeypatch):
+    """A table that cannot be written (here: text UTF-8 cannot encode) leaves the earlier file whole, no partial file."""
+    monkeypatch.setattr(results_file, "print", lambda *args, **kwargs: None, raising=False)  # the write itself fails
+    table = tmp_path / "table.md"
+    table.write_text("| earlier |\n")
+    with pytest.raises(Exception):  # noqa: B017  (the encoding error, or the OutputError naming the file)
+        results_file.write_results(table, "| new | \ud800 |\n")
+    assert table.read_text() == "| earlier |\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]

@@ -21,7 +21,7 @@ from torchdetr.evaluation.panoptic import evaluate_panoptic_files
 from torchdetr.inference.detector import Detector
 from torchdetr.inference.loading import load_model
 from torchdetr.models.build import panoptic_is_thing_map
-from torchdetr.models.postprocess import PostProcessPanoptic
+from torchdetr.models.postprocess import NonFiniteOutputError, PostProcessPanoptic
 from torchdetr.structures import rgb2id
 
 MASK_MODEL = dict(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=128,
@@ -100,6 +100,18 @@ def test_panoptic_needs_a_mask_model_and_a_known_task(mask_model):
         Detector(box_model.eval(), image_size=64).predict(image, task="panoptic")
     with pytest.raises(ConfigError, match="task must be one of"):
         Detector(mask_model, image_size=64).predict(image, task="segm")
+
+
+def test_non_finite_outputs_are_refused_not_segmented(mask_model):
+    """A model whose logits are NaN gives no trustworthy segment: refused as in detection, not an empty map."""
+    def nan_logits(samples):
+        outputs = dict(mask_model(samples))
+        outputs["pred_logits"] = torch.full_like(outputs["pred_logits"], float("nan"))
+        return outputs
+
+    image = Image.new("RGB", (40, 30))
+    with pytest.raises(NonFiniteOutputError, match="pred_logits"):
+        Detector(nan_logits, image_size=64).predict(image, task="panoptic")
 
 
 def test_cli_predict_panoptic_then_eval_the_files(mask_model, tmp_path, capsys):

@@ -120,6 +120,13 @@ def _opened(source: str | Path | VideoSource | VideoReader, every: int) -> Itera
         yield reader
 
 
+def _checked_threshold(threshold: float) -> float:
+    """``threshold`` when it is a score threshold in [0, 1), else ``ConfigError``."""
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+    return threshold
+
+
 class Detector:
     """A detection model with its pre- and post-processing.
 
@@ -150,8 +157,7 @@ class Detector:
         precision: str = FAITHFUL,
         isthing: Mapping[int, bool] | None = None,
     ) -> None:
-        if not 0.0 <= threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+        _checked_threshold(threshold)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         check_precision(precision)
@@ -403,14 +409,13 @@ class Detector:
 
         ``threshold``: score above which a query's segment is kept (default 0.85, the original's).
         """
-        threshold = PANOPTIC_THRESHOLD if threshold is None else threshold
-        if not 0.0 <= threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+        threshold = _checked_threshold(PANOPTIC_THRESHOLD if threshold is None else threshold)
         samples = self.batch(images)
         outputs = self.model(samples)
         if "pred_masks" not in outputs:
             raise ConfigError("panoptic segmentation needs a mask model (an official *_panoptic model or a checkpoint "
                               "trained with --masks); this model predicts boxes only")
+        check_finite_outputs(outputs, self.source)  # NaN scores would keep no segment: an empty map, silently
         return panoptic_from_outputs(outputs, samples.image_sizes, [(im.height, im.width) for im in images],
                                      threshold=threshold, isthing=self.isthing, category_names=self.category_names)
 
@@ -418,9 +423,7 @@ class Detector:
         self, outputs: Mapping[str, Tensor], image_sizes: Tensor, threshold: float | None = None
     ) -> list[list[Detection]]:
         """``pred_logits`` [B, Q, K+1], ``pred_boxes`` [B, Q, 4], ``image_sizes`` [B, 2] (H, W) → detections."""
-        threshold = self.threshold if threshold is None else threshold
-        if not 0.0 <= threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+        threshold = _checked_threshold(self.threshold if threshold is None else threshold)
         check_finite_outputs(outputs, self.source)
         results = self._postprocess({"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
                                     image_sizes)

@@ -87,8 +87,9 @@ def font_file() -> str | None:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """The font ``draw_bounding_boxes`` renders labels with at ``size`` px (to measure them)."""
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The font ``draw_bounding_boxes`` renders labels with at ``size`` px (to measure them; the panoptic
+    pictures' names use it too)."""
     path = font_file()
     return ImageFont.truetype(path, size=size) if path else ImageFont.load_default()
 
@@ -127,7 +128,7 @@ def draw_detections(
     pixels = draw_bounding_boxes(pixels, halo, colors=[contrast_color(c) for c in colors], width=lw + 2 * HALO_WIDTH)
     pixels = draw_bounding_boxes(pixels, boxes, colors=colors, width=lw)
     # labels only (width 0: no outline): each anchored at a point chosen by _label_anchor
-    anchors = torch.tensor([_label_anchor(text, box, _font(size), canvas.size) for text, box in zip(texts, boxes.tolist())])
+    anchors = torch.tensor([_label_anchor(text, box, label_font(size), canvas.size) for text, box in zip(texts, boxes.tolist())])
     pixels = draw_bounding_boxes(pixels, anchors, labels=texts, colors=colors, width=0, font=font_file(),
                                  font_size=size if font_file() else None,
                                  label_colors=[contrast_color(c) for c in colors], fill_labels=True)

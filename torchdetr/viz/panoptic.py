@@ -3,8 +3,8 @@
 Stuff segments take their class's colour (:func:`.draw.class_color`); thing segments the same colour made
 lighter or darker per instance, so that neighbouring objects of one class stay apart. Segments are blended
 over the image, outlined, and labelled at their most interior pixel (the farthest from their border, by a
-distance transform) with the class name on a box of the segment's colour. Unlabelled (void) pixels show the
-image unchanged.
+distance transform) with the class name on a box of the segment's colour, in the detection pictures' font
+(:func:`.draw.label_font`). Unlabelled (void) pixels show the image unchanged.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from ..data.panoptic import segment_bbox
-from .draw import RGB, class_color, contrast_color, font_size_for
+from .draw import RGB, class_color, contrast_color, font_size_for, label_font
 
 OVERLAY_ALPHA = 0.55  # weight of the segment colour over the image
 INSTANCE_SHADES = (0.0, 0.35, -0.3, 0.6, -0.5)  # lighter (+) / darker (-) per thing instance of a class
@@ -91,7 +91,7 @@ def draw_panoptic(
     canvas[border & labelled] = OUTLINE
     result = Image.fromarray(np.round(canvas).astype(np.uint8))
     draw = ImageDraw.Draw(result)
-    font = _font(font_size or font_size_for(result.size))
+    font = label_font(font_size or font_size_for(result.size))
     for (x, y), text, color in placements:
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         pad = max(1, (bottom - top) // 5)
@@ -101,10 +101,3 @@ def draw_panoptic(
         draw.rectangle((x0, y0, x0 + w - 1, y0 + h - 1), fill=color)
         draw.text((x0 + pad - left, y0 + pad - top), text, fill=contrast_color(color), font=font)
     return result
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
