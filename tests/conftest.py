@@ -23,13 +23,20 @@ REQUIRE_SHARED_VARIABLE = "TORCHDETR_REQUIRE_SHARED"
 # Set by .ci/run too: a package of the `test` extra (pyproject.toml) that cannot be imported fails the tests that
 # need it instead of skipping them, so a broken install cannot leave a feature untested in a green CI run.
 REQUIRE_EXTRAS_VARIABLE = "TORCHDETR_REQUIRE_EXTRAS"
+# Set by .ci/run too: tests/test_serve_browser.py fails instead of skipping without Playwright or Chromium.
+REQUIRE_BROWSER_VARIABLE = "TORCHDETR_REQUIRE_BROWSER"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def switched_on(variable: str) -> bool:
+    """Whether one of the CI switches above is set (any value but empty, ``0``, ``false`` or ``no``)."""
+    return os.environ.get(variable, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def shared_required() -> bool:
     """Whether ``TORCHDETR_REQUIRE_SHARED`` asks for every ../shared fixture to be present."""
-    return os.environ.get(REQUIRE_SHARED_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+    return switched_on(REQUIRE_SHARED_VARIABLE)
 
 
 def require(path: Path) -> Path:
@@ -44,7 +51,7 @@ def require(path: Path) -> Path:
 
 def extras_required() -> bool:
     """Whether ``TORCHDETR_REQUIRE_EXTRAS`` asks for every package of the ``test`` extra to be importable."""
-    return os.environ.get(REQUIRE_EXTRAS_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+    return switched_on(REQUIRE_EXTRAS_VARIABLE)
 
 
 def require_package(name: str, reason: str | None = None):
@@ -60,7 +67,11 @@ def require_package(name: str, reason: str | None = None):
 
 def package_missing(name: str) -> bool:
     """For ``skipif``: the package is absent and CI does not require it (under CI the test runs and fails)."""
-    return importlib.util.find_spec(name) is None and not extras_required()
+    try:
+        absent = importlib.util.find_spec(name) is None
+    except ModuleNotFoundError:  # a dotted name whose parent package is absent
+        absent = True
+    return absent and not extras_required()
 
 
 def _decode(entry: dict) -> torch.Tensor:
