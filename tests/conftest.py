@@ -8,14 +8,22 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from torchdetr.structures import rgb2id
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TORCHDETR_SHARED", ROOT.parent / "shared"))
 REFERENCE = SHARED / "reference"
 ORACLE = REFERENCE / "oracle"
 DATA = SHARED / "data"
+# two real COCO val2017 images with their official panoptic ground truth (annotations/panoptic_examples.json + PNGs)
+PANOPTIC_SAMPLE = DATA / "coco_panoptic_sample"
+PANOPTIC_SAMPLE_JSON = PANOPTIC_SAMPLE / "annotations" / "panoptic_examples.json"
+PANOPTIC_SAMPLE_PNGS = PANOPTIC_SAMPLE / "annotations" / "panoptic_examples"
 
 # Set by .ci/run: a missing ../shared fixture fails the test instead of skipping it, so that the oracle
 # ("faithful to the original") tests cannot pass CI as skipped. Users without ../shared still skip.
@@ -72,6 +80,12 @@ def package_missing(name: str) -> bool:
     except ModuleNotFoundError:  # a dotted name whose parent package is absent
         absent = True
     return absent and not extras_required()
+
+
+def png_id_map(path: Path) -> np.ndarray:
+    """int64 [H, W] segment ids of a COCO panoptic PNG (id = R + 256·G + 256²·B), decoded by PIL and ``rgb2id``
+    only (not by the loader under test, ``torchdetr.data.io.load_segment_ids``)."""
+    return rgb2id(np.asarray(Image.open(path).convert("RGB")))
 
 
 def _decode(entry: dict) -> torch.Tensor:
