@@ -27,14 +27,14 @@ from torchdetr.losses.build import build_model
 from torchdetr.structures import rgb2id
 
 from .test_distributed import TORCHRUN, run
-from .tiny import TINY_MODEL
+from .tiny import TINY_MASK_MODEL
 
 pytestmark = pytest.mark.slow
 
 VAL_IMAGES = 11  # batches of 2: rank 0 gets [1,2] [5,6] [9,10], rank 1 [3,4] [7,8] [11] (uneven, a short batch)
 IMAGE_SIZE = 64
 DATA_SEED = 14  # with the weights below: 3 sky true positives whose IoU sum depends on the order of addition
-MASK_MODEL = TINY_MODEL | dict(hidden_dim=128, nheads=8, num_queries=10, masks=True, num_classes=9)
+MASK_MODEL = TINY_MASK_MODEL | dict(num_queries=10, num_classes=9)
 CLASS_WEIGHT_SCALE = 40.0  # confident, varied classes per query: segments pass the panoptic threshold (0.85)
 SKY_ID, SKY_LOGIT_BONUS = 6, 28.0  # some queries say "sky" in some images: sky segments (some whole-image), partly right
 

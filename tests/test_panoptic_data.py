@@ -18,7 +18,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.conftest import DATA, require
+from tests.conftest import PANOPTIC_SAMPLE as SAMPLE
+from tests.conftest import PANOPTIC_SAMPLE_JSON as SAMPLE_JSON
+from tests.conftest import PANOPTIC_SAMPLE_PNGS as SAMPLE_PNGS
+from tests.conftest import png_id_map, require
 from tests.tiny import tiny_config
 from torchdetr.cli import main as cli_main
 from torchdetr.config import DETRConfig
@@ -31,11 +34,7 @@ from torchdetr.data.synthetic_panoptic import write_panoptic_folder
 from torchdetr.data.transforms import make_transforms
 from torchdetr.data.validate import validate_coco_panoptic
 from torchdetr.errors import DataError, MissingFileError
-from torchdetr.structures import id2rgb, rgb2id
-
-SAMPLE = DATA / "coco_panoptic_sample"
-SAMPLE_JSON = SAMPLE / "annotations" / "panoptic_examples.json"
-SAMPLE_PNGS = SAMPLE / "annotations" / "panoptic_examples"
+from torchdetr.structures import id2rgb
 
 
 def sample_dataset(**kwargs) -> CocoPanoptic:
@@ -43,7 +42,7 @@ def sample_dataset(**kwargs) -> CocoPanoptic:
 
 
 def png_ids(name: str) -> np.ndarray:
-    return rgb2id(np.asarray(Image.open(SAMPLE_PNGS / name).convert("RGB")))
+    return png_id_map(SAMPLE_PNGS / name)
 
 
 # ----------------------------------------------------------------------------------------------

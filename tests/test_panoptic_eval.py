@@ -18,15 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, require
+from tests.conftest import PANOPTIC_SAMPLE_JSON as SAMPLE_JSON
+from tests.conftest import PANOPTIC_SAMPLE_PNGS as SAMPLE_PNGS
+from tests.conftest import png_id_map, require
 from torchdetr.data.panoptic import PanopticCategory, PanopticImage
 from torchdetr.errors import DataError, MissingFileError
 from torchdetr.evaluation.panoptic import PQStat, evaluate_panoptic_files, pq_image
-from torchdetr.structures import id2rgb, rgb2id
-
-SAMPLE = DATA / "coco_panoptic_sample"
-SAMPLE_JSON = SAMPLE / "annotations" / "panoptic_examples.json"
-SAMPLE_PNGS = SAMPLE / "annotations" / "panoptic_examples"
+from torchdetr.structures import id2rgb
 
 THING, STUFF, OTHER_THING = 1, 2, 3
 CATEGORIES = {THING: PanopticCategory(THING, "thing", True), STUFF: PanopticCategory(STUFF, "stuff", False),
@@ -229,8 +227,7 @@ def load_sample():
     categories = {c["id"]: PanopticCategory(c["id"], c["name"], bool(c["isthing"])) for c in content["categories"]}
     images = []
     for ann in content["annotations"]:
-        id_map = rgb2id(np.asarray(Image.open(SAMPLE_PNGS / ann["file_name"]).convert("RGB")))
-        images.append((ann, id_map))
+        images.append((ann, png_id_map(SAMPLE_PNGS / ann["file_name"])))
     return content, categories, images
 
 

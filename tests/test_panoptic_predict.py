@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import DATA, require
+from tests.conftest import PANOPTIC_SAMPLE, require
+from tests.tiny import TINY_MASK_MODEL
 from torchdetr import DETRConfig, build_model
 from torchdetr.cli import main as cli_main
 from torchdetr.data.synthetic_panoptic import write_panoptic_folder
@@ -24,8 +25,7 @@ from torchdetr.models.build import panoptic_is_thing_map
 from torchdetr.models.postprocess import NonFiniteOutputError, PostProcessPanoptic
 from torchdetr.structures import rgb2id
 
-MASK_MODEL = dict(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=128,
-                  num_queries=6, backbone_weights="none", num_classes=9, masks=True)
+MASK_MODEL = TINY_MASK_MODEL | dict(dec_layers=1, dim_feedforward=128, num_queries=6, num_classes=9)
 ISTHING = {1: True, 2: True, 6: False, 7: False}
 
 
@@ -208,7 +208,7 @@ def official_panoptic_hub(tmp_path_factory):
 def test_official_panoptic_model_predicts_coco_panoptic_files(official_panoptic_hub, tmp_path, capsys):
     """``detr predict --model detr_resnet50_panoptic --task panoptic`` on the two real COCO images: the files use
     COCO panoptic's categories (names and isthing as COCO's own JSON), and ``detr eval`` accepts them."""
-    sample = require(DATA / "coco_panoptic_sample")
+    sample = require(PANOPTIC_SAMPLE)
     gt = sample / "annotations" / "panoptic_examples.json"
     coco = {c["id"]: c for c in json.loads(gt.read_text())["categories"]}
 

@@ -16,10 +16,11 @@ from torchdetr.engine.loaders import make_loaders
 from torchdetr.evaluation.panoptic import PREDICTIONS_FILE, evaluate_panoptic_files
 from torchdetr.structures import collate_fn
 
+from .tiny import TINY_MODEL
+
 SIZE = 64
-MASK_MODEL = dict(backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=1, dec_layers=2, dim_feedforward=256,
-                  num_queries=10, backbone_weights="none", dataset_file="coco_panoptic", image_size=SIZE, batch_size=2,
-                  num_workers=0, device="cpu", dropout=0.0)
+MASK_MODEL = TINY_MODEL | dict(hidden_dim=128, nheads=8, dim_feedforward=256, num_queries=10, dataset_file="coco_panoptic",
+                             image_size=SIZE, batch_size=2, num_workers=0, device="cpu", dropout=0.0)  # masks=True where wanted
 LOGIT = 10.0
 
 

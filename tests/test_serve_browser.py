@@ -25,13 +25,12 @@ from scipy.stats import spearmanr
 
 from torchdetr.serve.background import ServerStartError, free_port, running_server
 
-from .conftest import ROOT
+from .conftest import REQUIRE_BROWSER_VARIABLE, ROOT, switched_on
 from .test_predict import random_image, write_tiny_checkpoint
 
 CHROMIUM = Path(os.environ.get("TORCHDETR_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-REQUIRE_BROWSER_VARIABLE = "TORCHDETR_REQUIRE_BROWSER"
 ARTIFACTS = ROOT / "test-artifacts" / "serve"
 LAPTOP_VIEWPORT = {"width": 1366, "height": 768}
 STARTUP_TIMEOUT_S = 120
@@ -39,7 +38,7 @@ UPLOAD_LIMIT_MB = 1
 
 
 def browser_required() -> bool:
-    return os.environ.get(REQUIRE_BROWSER_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+    return switched_on(REQUIRE_BROWSER_VARIABLE)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ TINY_MODEL: dict[str, Any] = dict(
     backbone_weights="none",
 )
 
+# the smallest mask model: --masks needs hidden_dim divisible by 128 and hidden_dim + nheads by 8 (config.py)
+TINY_MASK_MODEL: dict[str, Any] = TINY_MODEL | dict(hidden_dim=128, nheads=8, masks=True)
+
 
 def tiny_config(**overrides: Any) -> DETRConfig:
     """``DETRConfig`` of the tiny model with ``overrides`` applied."""
