@@ -349,7 +349,7 @@ def test_an_evaluation_output_that_cannot_be_written_is_an_output_error(tmp_path
 @pytest.mark.parametrize("flags, expected", [
     ([], (96, 160)),  # the model's own validation size (its run's --image_size 96, --max_size 160)
     (["--image_size", "64"], (64, None)),  # given on the command line: used as given
-    (["--max_size", "300"], (800, 300)),
+    (["--max_size", "300"], (96, 300)),  # the cap given, the model's shorter side (as detr predict)
 ], ids=["model-size", "image-size-given", "max-size-given"])
 def test_detr_eval_model_resizes_as_the_model_was_validated(tmp_path, flags, expected):
     """``detr eval --model CKPT`` evaluates at the model's input size (as ``detr predict`` does), not the 800 px default."""

@@ -152,6 +152,7 @@ def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
     """The data and run options of the command line, the architecture of ``--model`` (or ``--resume``), whose
     weights are evaluated (``resume``)."""
     from ..data.build import config_validation_size
+    from ..data.transforms import chosen_size
     from ..engine.checkpoint import load_checkpoint
     from ..inference.loading import config_from_checkpoint, run_checkpoint
     from ..models.zoo import OFFICIAL_MODELS
@@ -166,10 +167,12 @@ def config_for_model_evaluation(args: argparse.Namespace) -> DETRConfig:
     else:
         model_cfg = config_from_checkpoint(load_checkpoint(source), source)
         model_size = config_validation_size(model_cfg)
-    size: dict[str, int] = {}
-    if not {"image_size", "max_size"} & given_options(args).keys():
-        # the images are resized as for the model's own validation, as `detr predict` does
-        size = {"image_size": model_size[0], "max_size": model_size[1]}
+    # the images are resized as for the model's own validation unless the options say otherwise (detr predict's rule)
+    given = given_options(args).keys()
+    image_size, max_size = chosen_size(args.image_size if "image_size" in given else None,
+                                       args.max_size if "max_size" in given else None, model_size)
+    size = {"image_size": image_size, "max_size": max_size}
+    if not {"image_size", "max_size"} & given:
         log.info("evaluating at the model's input size: shorter side %d, longer side at most %d (--image_size and "
                  "--max_size to change)", *model_size)
     # the checkpoint provides every weight: no backbone download

@@ -75,6 +75,15 @@ def resize_shape(height: int, width: int, size: int, max_size: int | None) -> tu
     return size, int(size * width / height)
 
 
+def chosen_size(image_size: int | None, max_size: int | None, model_size: tuple[int, int]) -> tuple[int, int | None]:
+    """The input size a user's options give a trained model: ``(shorter side, cap)`` as given, the model's own
+    ``model_size`` for what is not given (``--max_size`` alone keeps the model's shorter side); a given
+    ``image_size`` alone gets its own default cap (``None``: :func:`validation_size`)."""
+    if image_size is None:
+        return model_size[0], max_size if max_size is not None else model_size[1]
+    return image_size, max_size
+
+
 def validation_size(image_size: int = REFERENCE_SIZE, max_size: int | None = None) -> tuple[int, int]:
     """``(shorter side, longer-side cap)`` of the validation resize: the one size rule of torchdetr.
 

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.io import load_rgb_image, to_upright_rgb
-from ..data.transforms import validation_size
+from ..data.transforms import chosen_size, validation_size
 from ..engine.runtime import resolve_device
 from ..errors import ConfigError, DataError
 from ..models.postprocess import PostProcess, check_finite_outputs
@@ -101,13 +101,6 @@ def to_pil_image(image: ImageInput, what: str = "image") -> Image.Image:
     if isinstance(image, np.ndarray):
         return Image.fromarray(_uint8_hwc(image, what))
     raise TypeError(f"{what}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
-
-
-def _chosen_size(image_size: int | None, max_size: int | None, stored: tuple[int, int]) -> tuple[int, int | None]:
-    """The size given by the caller, else the model's: a given ``image_size`` alone gets its own default cap."""
-    if image_size is None:
-        return stored[0], max_size if max_size is not None else stored[1]
-    return image_size, max_size
 
 
 @contextmanager
@@ -196,7 +189,7 @@ class Detector:
         check_precision(precision)
         resolved = resolve_device(device)
         loaded = load_model(name_or_path, device=resolved)
-        image_size, max_size = _chosen_size(image_size, max_size, (loaded.image_size, loaded.max_size))
+        image_size, max_size = chosen_size(image_size, max_size, (loaded.image_size, loaded.max_size))
         detector = cls(
             loaded.model,
             loaded.category_names,
@@ -267,7 +260,7 @@ class Detector:
                      max_size: int | None, batch_size: int) -> Detector:
         """A detector over an exported model's runner: class names, input size and loss kind from its metadata."""
         config = runner.config
-        image_size, max_size = _chosen_size(image_size, max_size, runner.input_size)
+        image_size, max_size = chosen_size(image_size, max_size, runner.input_size)
         detector = cls(runner, runner.category_names, threshold=threshold, image_size=image_size, max_size=max_size,
                        device="cpu", batch_size=batch_size, focal=config is not None and config.cls_loss == "focal")
         detector.source = str(path)
