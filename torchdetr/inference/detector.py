@@ -420,11 +420,14 @@ class Detector:
         check_finite_outputs(outputs, self.source)
         results = self._postprocess({"pred_logits": outputs["pred_logits"], "pred_boxes": outputs["pred_boxes"]},
                                     image_sizes)
+        if not results:
+            return []
+        # one device → host copy per output for the whole batch (not per image): [B, Q] and [B, Q, 4]
+        batch = {key: torch.stack([r[key] for r in results]).cpu() for key in ("scores", "labels", "boxes", "queries")}
         detections = []
-        for result in results:
-            scores = result["scores"].float().cpu()
-            labels, boxes = result["labels"].cpu().tolist(), result["boxes"].float().cpu().tolist()
-            queries = result["queries"].cpu().tolist()  # a row's object query (focal models: rows are (query, class))
+        for scores, labels, boxes, queries in zip(batch["scores"].float(), batch["labels"].tolist(),
+                                                  batch["boxes"].float().tolist(), batch["queries"].tolist()):
+            # queries: a row's object query (focal models: rows are (query, class) pairs)
             keep = torch.nonzero(scores > threshold).flatten()
             order = keep[scores[keep].argsort(descending=True, stable=True)].tolist()
             detections.append([
